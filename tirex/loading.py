@@ -1,0 +1,186 @@
+"""``load_model``: the bundled default, local folders and checkpoints, and Hugging Face Hub repos."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .checkpoint import (
+    CONFIG_NAME,
+    OFFICIAL_CKPT_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    from_reference_state_dict,
+    is_reference_state_dict,
+    load_state_into,
+    read_reference_checkpoint,
+    read_safetensors,
+)
+from .config import ModelConfig
+from .model import TiRexModel
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def bundled_model_dir() -> Path:
+    """Folder of the default model shipped inside the package."""
+    return Path(str(resources.files("tirex") / "weights" / "default"))
+
+
+def _build(config: ModelConfig, state: dict[str, torch.Tensor], source: str) -> TiRexModel:
+    model = TiRexModel(config)
+    if is_reference_state_dict(state):
+        state = from_reference_state_dict(state, config)
+    load_state_into(model, state, source)
+    return model.eval()
+
+
+def _load_folder(folder: Path) -> TiRexModel:
+    if (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file():
+        config = ModelConfig.load(folder / CONFIG_NAME)
+        return _build(config, read_safetensors(folder / WEIGHTS_NAME), str(folder / WEIGHTS_NAME))
+    if (folder / OFFICIAL_CKPT_NAME).is_file():
+        return _load_reference(folder / OFFICIAL_CKPT_NAME)
+    raise FileNotFoundError(
+        f"{folder} holds neither {CONFIG_NAME} + {WEIGHTS_NAME} (our format) nor {OFFICIAL_CKPT_NAME} (published TiRex layout)"
+    )
+
+
+def _load_reference(path: Path) -> TiRexModel:
+    config, state = read_reference_checkpoint(path)
+    return _build(config, state, str(path))
+
+
+def _load_local(path: Path) -> TiRexModel:
+    if path.is_dir():
+        return _load_folder(path)
+    if path.suffix == ".ckpt":
+        return _load_reference(path)
+    if path.suffix == ".safetensors":
+        config_path = path.with_name(CONFIG_NAME)
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{path} needs a {CONFIG_NAME} next to it")
+        return _build(ModelConfig.load(config_path), read_safetensors(path), str(path))
+    raise ValueError(f"{path}: expected a model folder, a .ckpt or a .safetensors file")
+
+
+def _load_hub(repo_id: str, revision, token, cache_dir, local_files_only) -> TiRexModel:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    def fetch(name: str) -> Path:
+        return Path(
+            hf_hub_download(
+                repo_id,
+                name,
+                revision=revision,
+                token=token,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+            )
+        )
+
+    try:
+        try:
+            config_path = fetch(CONFIG_NAME)
+        except EntryNotFoundError:
+            return _load_reference(fetch(OFFICIAL_CKPT_NAME))
+        weights_path = fetch(WEIGHTS_NAME)
+        return _build(ModelConfig.load(config_path), read_safetensors(weights_path), f"{repo_id}/{WEIGHTS_NAME}")
+    except RepositoryNotFoundError as exc:
+        raise ValueError(f"Hub repo {repo_id!r} was not found (or needs a token); check the name") from exc
+    except RevisionNotFoundError as exc:
+        raise ValueError(f"revision {revision!r} does not exist in Hub repo {repo_id!r}") from exc
+    except EntryNotFoundError as exc:
+        raise ValueError(f"Hub repo {repo_id!r} has no {CONFIG_NAME}/{WEIGHTS_NAME} or {OFFICIAL_CKPT_NAME}") from exc
+    except LocalEntryNotFoundError as exc:
+        raise OSError(
+            f"could not download {repo_id!r}: the Hub is unreachable or offline mode is on, and the files are not in the cache"
+        ) from exc
+
+
+def load_model(
+    source: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    recurrence_dtype: str | None = None,
+) -> TiRexModel:
+    """Load a forecaster.
+
+    Args:
+        source: None for the bundled default model; a local folder (``config.json`` +
+            ``model.safetensors``, or the published ``model.ckpt``); a ``.ckpt`` / ``.safetensors``
+            file; or a Hugging Face Hub repo id such as ``"NX-AI/TiRex"`` (cached by
+            ``huggingface_hub``; honours ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, ``HF_TOKEN``).
+        device: where to put the model (default CPU).
+        revision, token, cache_dir, local_files_only: passed to ``huggingface_hub``.
+        recurrence_dtype: override the checkpoint's recurrence numerics ("bfloat16" or "float32").
+
+    Example:
+        >>> model = load_model()                      # bundled default, offline
+        >>> q, mean = model.forecast(torch.randn(2, 500), prediction_length=24)
+    """
+    if source is None:
+        folder = bundled_model_dir()
+        if not (folder / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(
+                "no default model is bundled with this installation; pass a folder, a checkpoint or a Hub repo id"
+            )
+        model = _load_folder(folder)
+    else:
+        path = Path(os.fspath(source)).expanduser()
+        if path.exists():
+            model = _load_local(path)
+        elif isinstance(source, str) and _REPO_ID.match(source) and not source.startswith((".", "/", "~")):
+            model = _load_hub(source, revision, token, cache_dir, local_files_only)
+        else:
+            raise ValueError(f"unknown model source {str(source)!r}: not an existing path and not a Hub repo id (owner/name)")
+    if recurrence_dtype is not None:
+        model.set_recurrence_dtype(recurrence_dtype)
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def save_pretrained(model: TiRexModel, directory: str | os.PathLike) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` atomically into ``directory``."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        model.config.save(Path(tmp) / CONFIG_NAME)
+        save_file(state, str(Path(tmp) / WEIGHTS_NAME), metadata={"format": "pt", "library": "tirex"})
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            os.replace(Path(tmp) / name, directory / name)
+    return directory
+
+
+def push_to_hub(model: TiRexModel, repo_id: str, private: bool = False, token: str | None = None,
+                commit_message: str = "Upload TiRex model") -> str:
+    """Upload ``config.json`` + ``model.safetensors`` to a Hub repo (created if needed); returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, tmp)
+        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
+    return str(info)
+
+
+__all__ = ["load_model", "save_pretrained", "push_to_hub", "bundled_model_dir", "CheckpointError"]

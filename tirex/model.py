@@ -1,0 +1,196 @@
+"""The TiRex network: patch embedding -> sLSTM blocks -> quantile head, and its multi-patch rollout."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .layers import ResidualBlock, RMSNorm
+from .scaling import fit_scale, patch_tokens, window
+from .slstm import SLSTMBlock, SLSTMState
+
+
+class TiRexModel(nn.Module):
+    """An sLSTM-only xLSTM over patches of a series, predicting quantiles of the next patch at every token.
+
+    Example:
+        >>> model = TiRexModel(ModelConfig(embed_dim=64, num_heads=4, num_blocks=2, input_ff_dim=128, context_length=256))
+        >>> model.predict_patches(torch.randn(3, 256), num_patches=2).shape
+        torch.Size([3, 2, 9, 32])
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        p, e = config.patch_size, config.embed_dim
+        self.patch_embedding = ResidualBlock(2 * p, config.input_ff_dim, e)
+        self.blocks = nn.ModuleList(
+            SLSTMBlock(e, config.num_heads, config.ffn_dim, config.recurrence_dtype) for _ in range(config.num_blocks)
+        )
+        self.out_norm = RMSNorm(e)
+        self.head = ResidualBlock(e, config.input_ff_dim, len(config.quantile_levels) * p)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self, tokens: torch.Tensor, states: list[SLSTMState] | None = None, return_states: bool = False
+    ):
+        """Scaled quantiles of the patch after each token.
+
+        Args:
+            tokens: (batch, tokens, 2 * patch_size) from ``patch_tokens``.
+            states: per-block starting states (a continued stream), or None for a fresh sequence.
+        Returns:
+            (batch, tokens, quantiles, patch_size); with ``return_states`` also the final per-block states.
+        """
+        h = self.patch_embedding(tokens)
+        new_states = []
+        for i, block in enumerate(self.blocks):
+            h, state = block(h, None if states is None else states[i])
+            new_states.append(state)
+        out = self.head(self.out_norm(h))
+        out = out.view(*out.shape[:2], len(self.config.quantile_levels), self.config.patch_size)
+        return (out, new_states) if return_states else out
+
+    @torch.no_grad()
+    def predict_patches(self, context: torch.Tensor, num_patches: int = 1) -> torch.Tensor:
+        """One forecasting pass: quantiles of the next ``num_patches`` patches in data units.
+
+        Args:
+            context: (batch, time) float32, NaN = missing.
+            num_patches: patches predicted in this pass; beyond the first, empty tokens are appended.
+        Returns:
+            (batch, num_patches, quantiles, patch_size).
+        """
+        cfg = self.config
+        x = window(context.float(), cfg.context_length)
+        loc, scale = fit_scale(x)
+        tokens = patch_tokens((x - loc) / scale, cfg.patch_size)
+        if num_patches > 1:
+            empty = tokens.new_zeros(tokens.shape[0], num_patches - 1, tokens.shape[2])
+            tokens = torch.cat([tokens, empty], dim=1)
+        out = self(tokens)[:, -num_patches:]
+        return out * scale.view(-1, 1, 1, 1) + loc.view(-1, 1, 1, 1)
+
+    @torch.no_grad()
+    def rollout(
+        self,
+        context: torch.Tensor,
+        prediction_length: int,
+        rollout_steps: int = 1,
+        max_masked_fraction: float | None = 0.5,
+    ) -> torch.Tensor:
+        """Forecast ``prediction_length`` steps by repeated passes.
+
+        After each pass the context is extended by NaN (the model treats the future as missing,
+        which contiguous patch masking trained it for). The reference does only this, so once the
+        horizon exceeds the window the forecast stops depending on the data. With
+        ``max_masked_fraction`` set, at most that share of the window is left as NaN future: older
+        forecast patches are filled in with their predicted median, so the window always keeps data
+        (or data-derived values) in view. ``None`` reproduces the reference exactly at every horizon;
+        the default 0.5 reproduces it for horizons up to half the context length.
+
+        Args:
+            context: (batch, time) float32.
+        Returns:
+            (batch, prediction_length, quantiles) float32.
+        """
+        cfg = self.config
+        p = cfg.patch_size
+        total = math.ceil(prediction_length / p)
+        keep_masked = None if max_masked_fraction is None else max(1, int(cfg.num_tokens * max_masked_fraction))
+        history = context.float()
+        medians: list[torch.Tensor] = []  # (batch, patch_size) per predicted patch
+        pieces = []
+        done = 0
+        while done < total:
+            k = min(total - done, rollout_steps)
+            filled = 0 if keep_masked is None else max(0, done - keep_masked)
+            nan_future = history.new_full((history.shape[0], (done - filled) * p), float("nan"))
+            known = torch.cat([history, *medians[:filled], nan_future], dim=1)
+            out = self.predict_patches(known, k)  # (batch, k, Q, P)
+            pieces.append(out)
+            medians.extend(out[:, j, cfg.median_index] for j in range(k))
+            done += k
+        quantiles = torch.cat(pieces, dim=1)  # (batch, total, Q, P)
+        quantiles = quantiles.permute(0, 1, 3, 2).reshape(context.shape[0], total * p, -1)
+        return quantiles[:, :prediction_length]
+
+    # -- public API -------------------------------------------------------------------------------
+    def forecast(
+        self,
+        context,
+        prediction_length: int,
+        quantile_levels=None,
+        batch_size: int = 256,
+        rollout_steps: int = 1,
+        max_masked_fraction: float | None = 0.5,
+        output_type: str | None = None,
+        progress: bool = False,
+        **frame_kwargs,
+    ):
+        """Probabilistic forecast of the next ``prediction_length`` steps.
+
+        Args:
+            context: one of
+                - a 1-D or 2-D ``torch.Tensor`` / ``numpy.ndarray`` (rows are series; NaN = missing);
+                - a list of 1-D series of different lengths;
+                - a ``pandas.Series`` (returns a DataFrame indexed by future timestamps);
+                - a long ``pandas.DataFrame`` with id, timestamp and target columns (names detected,
+                  or ``id_column=``, ``timestamp_column=``, ``target_column=``); returns a long DataFrame;
+                - a GluonTS dataset (returns a list of ``QuantileForecast``).
+            prediction_length: steps to forecast (any positive integer; see ``rollout`` for long horizons).
+            quantile_levels: levels in (0, 1); default the model's (0.1 ... 0.9). Others are
+                interpolated between, and extrapolated beyond, the model's levels, monotone in the level.
+            batch_size: series per forward pass. Results do not depend on it.
+            rollout_steps: patches predicted per pass (the reference's ``max_accelerated_rollout_steps``).
+            max_masked_fraction: cap on the share of the window left as masked future; None = reference.
+            output_type: "torch" or "numpy" for array inputs (default: numpy for numpy input, else torch).
+            progress: show a progress bar over batches.
+
+        Returns:
+            For array-like inputs ``(quantiles, mean)``: quantiles (batch, prediction_length, levels),
+            mean (batch, prediction_length), the median forecast as the reference defines it.
+
+        Example:
+            >>> q, mean = model.forecast(np.sin(np.arange(300) / 5), prediction_length=48)
+            >>> q.shape, mean.shape
+            ((1, 48, 9), (1, 48))
+        """
+        from .forecast import forecast
+
+        return forecast(
+            self, context, prediction_length, quantile_levels, batch_size, rollout_steps,
+            max_masked_fraction, output_type, progress, **frame_kwargs,
+        )
+
+    def set_recurrence_dtype(self, recurrence_dtype: str) -> None:
+        """Switch the sLSTM numerics ("bfloat16" = reference parity, "float32")."""
+        self.config.recurrence_dtype = recurrence_dtype
+        self.config.validate()
+        for block in self.blocks:
+            block.slstm.recurrence_dtype = recurrence_dtype
+
+    def save_pretrained(self, directory) -> None:
+        """Write ``config.json`` + ``model.safetensors`` into ``directory`` (``load_model`` reads it)."""
+        from .loading import save_pretrained
+
+        save_pretrained(self, directory)
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Upload to a Hugging Face Hub repo in our format (see ``tirex.loading.push_to_hub``)."""
+        from .loading import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, source, **kwargs) -> "TiRexModel":
+        """Same as ``tirex.load_model(source, **kwargs)``."""
+        from .loading import load_model
+
+        return load_model(source, **kwargs)

@@ -1,0 +1,64 @@
+"""Quantile levels other than the model's own: interpolation inside, normal-tail extrapolation outside."""
+
+from __future__ import annotations
+
+from statistics import NormalDist
+from typing import Sequence
+
+import torch
+
+_NORMAL = NormalDist()
+
+
+def check_levels(levels: Sequence[float]) -> tuple[float, ...]:
+    """Validate user-requested quantile levels; returns them as a tuple of floats."""
+    try:
+        out = tuple(float(q) for q in levels)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"quantile_levels must be a sequence of numbers, got {levels!r}") from exc
+    if not out:
+        raise ValueError("quantile_levels must not be empty")
+    bad = [q for q in out if not (0.0 < q < 1.0)]
+    if bad:
+        raise ValueError(f"quantile levels must lie strictly between 0 and 1, got {bad}")
+    return out
+
+
+def interpolate_quantiles(
+    values: torch.Tensor, model_levels: Sequence[float], levels: Sequence[float]
+) -> torch.Tensor:
+    """Quantiles at ``levels`` from quantiles at ``model_levels``.
+
+    The model's quantiles are sorted first (so the result is monotone in the level). Levels
+    inside the model's range are interpolated linearly in the level; levels outside are
+    extrapolated along a normal tail: ``x(q) = x(q_edge) + (z(q) - z(q_edge)) * slope``, where the
+    slope (value per unit of normal z-score) is taken from the two outermost model levels. Levels
+    that are among the model's are returned exactly (unsorted, as the model predicted them).
+
+    Args:
+        values: (..., len(model_levels)).
+    Returns:
+        (..., len(levels)).
+    """
+    model_levels = list(model_levels)
+    if list(levels) == model_levels:
+        return values
+    srt = values.sort(dim=-1).values
+    lv = torch.tensor(model_levels, dtype=values.dtype, device=values.device)
+    outs = []
+    for q in levels:
+        if q in model_levels:
+            outs.append(values[..., model_levels.index(q)])
+            continue
+        if q < model_levels[0] or q > model_levels[-1]:
+            lo, hi = (0, 1) if q < model_levels[0] else (-2, -1)
+            z = [_NORMAL.inv_cdf(model_levels[i]) for i in (lo, hi)]
+            slope = (srt[..., hi] - srt[..., lo]) / (z[1] - z[0])
+            edge = lo if q < model_levels[0] else hi
+            z_edge = _NORMAL.inv_cdf(model_levels[edge])
+            outs.append(srt[..., edge] + (_NORMAL.inv_cdf(q) - z_edge) * slope)
+            continue
+        j = int(torch.searchsorted(lv, torch.tensor(q, dtype=values.dtype)).item())
+        w = (q - model_levels[j - 1]) / (model_levels[j] - model_levels[j - 1])
+        outs.append(srt[..., j - 1] * (1 - w) + srt[..., j] * w)
+    return torch.stack(outs, dim=-1)
