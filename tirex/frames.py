@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -75,7 +76,9 @@ def forecast_dataframe(
         raise ValueError("the DataFrame is empty")
     if not pd.api.types.is_numeric_dtype(df[target_col]):
         raise TypeError(f"target column {target_col!r} is not numeric (dtype {df[target_col].dtype})")
-    timestamps = pd.to_datetime(df[ts_col], errors="coerce")
+    with warnings.catch_warnings():  # pandas warns when it falls back to per-element parsing
+        warnings.simplefilter("ignore", UserWarning)
+        timestamps = pd.to_datetime(df[ts_col], errors="coerce")
     if timestamps.isna().any():
         raise ValueError(f"timestamp column {ts_col!r} has values that are not timestamps")
     frame = df.assign(**{ts_col: timestamps}).sort_values([id_col, ts_col], kind="stable")

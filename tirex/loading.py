@@ -69,6 +69,15 @@ def _load_local(path: Path) -> TiRexModel:
     raise ValueError(f"{path}: expected a model folder, a .ckpt or a .safetensors file")
 
 
+def _network_errors() -> tuple[type[BaseException], ...]:
+    try:  # huggingface_hub >= 1.0 speaks httpx
+        import httpx
+
+        return (OSError, httpx.HTTPError)
+    except ImportError:
+        return (OSError,)
+
+
 def _load_hub(repo_id: str, revision, token, cache_dir, local_files_only) -> TiRexModel:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
@@ -93,20 +102,24 @@ def _load_hub(repo_id: str, revision, token, cache_dir, local_files_only) -> TiR
     try:
         try:
             config_path = fetch(CONFIG_NAME)
+        except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: check it first
+            raise
         except EntryNotFoundError:
             return _load_reference(fetch(OFFICIAL_CKPT_NAME))
         weights_path = fetch(WEIGHTS_NAME)
         return _build(ModelConfig.load(config_path), read_safetensors(weights_path), f"{repo_id}/{WEIGHTS_NAME}")
+    except LocalEntryNotFoundError as exc:
+        raise OSError(
+            f"could not download {repo_id!r}: the Hub is unreachable or offline mode is on, and the files are not in the cache"
+        ) from exc
     except RepositoryNotFoundError as exc:
         raise ValueError(f"Hub repo {repo_id!r} was not found (or needs a token); check the name") from exc
     except RevisionNotFoundError as exc:
         raise ValueError(f"revision {revision!r} does not exist in Hub repo {repo_id!r}") from exc
     except EntryNotFoundError as exc:
         raise ValueError(f"Hub repo {repo_id!r} has no {CONFIG_NAME}/{WEIGHTS_NAME} or {OFFICIAL_CKPT_NAME}") from exc
-    except LocalEntryNotFoundError as exc:
-        raise OSError(
-            f"could not download {repo_id!r}: the Hub is unreachable or offline mode is on, and the files are not in the cache"
-        ) from exc
+    except _network_errors() as exc:
+        raise OSError(f"downloading {repo_id!r} from the Hub failed: {exc}") from exc
 
 
 def load_model(

@@ -32,8 +32,9 @@ def interpolate_quantiles(
     The model's quantiles are sorted first (so the result is monotone in the level). Levels
     inside the model's range are interpolated linearly in the level; levels outside are
     extrapolated along a normal tail: ``x(q) = x(q_edge) + (z(q) - z(q_edge)) * slope``, where the
-    slope (value per unit of normal z-score) is taken from the two outermost model levels. Levels
-    that are among the model's are returned exactly (unsorted, as the model predicted them).
+    slope (value per unit of normal z-score) is taken from the two outermost model levels. Asking for
+    exactly the model's own levels returns them untouched (as the reference does, possibly crossing);
+    any other request is monotone in the level.
 
     Args:
         values: (..., len(model_levels)).
@@ -48,7 +49,7 @@ def interpolate_quantiles(
     outs = []
     for q in levels:
         if q in model_levels:
-            outs.append(values[..., model_levels.index(q)])
+            outs.append(srt[..., model_levels.index(q)])
             continue
         if q < model_levels[0] or q > model_levels[-1]:
             lo, hi = (0, 1) if q < model_levels[0] else (-2, -1)

@@ -1,0 +1,164 @@
+"""forecast(): input types, output shapes, quantile levels, batching, long horizons, bad input."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tirex import ModelConfig, TiRexModel
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = TiRexModel(ModelConfig(embed_dim=32, num_heads=2, num_blocks=2, input_ff_dim=64, context_length=256)).eval()
+    # non-trivial recurrent weights and biases so that every part of the state matters
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return m
+
+
+def sine(n=300, period=24.0, phase=0.0):
+    t = np.arange(n)
+    return 10 + 3 * np.sin(2 * np.pi * t / period + phase)
+
+
+def test_shapes_for_array_inputs(model):
+    q, mean = model.forecast(sine(), prediction_length=40)
+    assert isinstance(q, np.ndarray) and q.shape == (1, 40, 9) and mean.shape == (1, 40)
+    q, mean = model.forecast(torch.tensor(np.stack([sine(), sine(phase=1)])), prediction_length=5)
+    assert isinstance(q, torch.Tensor) and q.shape == (2, 5, 9)
+    assert torch.equal(mean, q[..., 4])  # the point forecast is the median, as in the reference
+
+
+def test_ragged_list_equals_individual_calls(model):
+    series = [sine(50), sine(300, phase=2), sine(700, period=7)]
+    q_all, _ = model.forecast(series, prediction_length=33, batch_size=2)
+    for i, s in enumerate(series):
+        q_one, _ = model.forecast(s, prediction_length=33, output_type="torch")
+        torch.testing.assert_close(q_all[i], q_one[0], rtol=0, atol=1e-5)
+
+
+def test_results_do_not_depend_on_batch_composition(model):
+    rng = np.random.default_rng(1)
+    series = [rng.normal(size=rng.integers(20, 400)).cumsum() for _ in range(7)]
+    a, _ = model.forecast(series, prediction_length=20, batch_size=7)
+    b, _ = model.forecast(series, prediction_length=20, batch_size=3)
+    c, _ = model.forecast(series[::-1], prediction_length=20, batch_size=1)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    torch.testing.assert_close(a, c.flip(0), rtol=0, atol=1e-5)
+
+
+def test_other_quantile_levels_are_monotone_and_consistent(model):
+    levels = [0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99]
+    q, _ = model.forecast(sine(), prediction_length=16, quantile_levels=levels, output_type="torch")
+    base, _ = model.forecast(sine(), prediction_length=16, output_type="torch")
+    assert q.shape == (1, 16, 9)
+    assert (q.diff(dim=-1) >= -1e-6).all()
+    srt = base.sort(dim=-1).values
+    torch.testing.assert_close(q[..., 4], srt[..., 4])  # 0.5 is a model level
+    torch.testing.assert_close(q[..., 3], (srt[..., 1] + srt[..., 2]) / 2)  # 0.25 halfway between 0.2 and 0.3
+
+
+def test_pandas_series_and_long_dataframe(model):
+    idx = pd.date_range("2024-01-01", periods=300, freq="h")
+    out = model.forecast(pd.Series(sine(), index=idx), prediction_length=12)
+    assert list(out.columns[:2]) == ["mean", "0.1"] and len(out) == 12
+    assert out.index[0] == idx[-1] + pd.Timedelta(hours=1)
+
+    df = pd.concat([
+        pd.DataFrame({"item_id": "a", "timestamp": idx, "target": sine()}),
+        pd.DataFrame({"item_id": "b", "timestamp": pd.date_range("2020-01-31", periods=60, freq="ME"), "target": sine(60, 12)}),
+    ])
+    res = model.forecast(df, prediction_length=6)
+    assert set(res.columns) >= {"item_id", "timestamp", "mean", "0.5", "0.9"}
+    assert len(res) == 12
+    b = res[res.item_id == "b"]
+    assert b.timestamp.iloc[0] == pd.Timestamp("2025-01-31")
+    q, _ = model.forecast(sine(60, 12), prediction_length=6)
+    np.testing.assert_allclose(b["0.9"].to_numpy(), q[0, :, 8], atol=1e-5)
+
+
+def test_gluonts_dataset(model):
+    pytest.importorskip("gluonts")
+    from gluonts.dataset.common import ListDataset
+
+    ds = ListDataset([{"start": "2024-01-01", "target": sine()}, {"start": "2024-02-01", "target": sine(100)}], freq="D")
+    forecasts = model.forecast(ds, prediction_length=7)
+    assert len(forecasts) == 2
+    assert forecasts[0].quantile(0.5).shape == (7,)
+    assert forecasts[1].start_date == pd.Period("2024-02-01", "D") + 100
+
+
+def test_long_horizon_still_depends_on_the_data(model):
+    L = model.config.context_length
+    a, b = sine(400), sine(400, period=9)
+    qa, _ = model.forecast(a, prediction_length=3 * L, output_type="torch")
+    qb, _ = model.forecast(b, prediction_length=3 * L, output_type="torch")
+    assert torch.isfinite(qa).all()
+    assert (qa[0, -32:] - qb[0, -32:]).abs().max() > 1e-4  # beyond the window, different inputs still differ
+    ra, _ = model.forecast(a, prediction_length=3 * L, max_masked_fraction=None, output_type="torch")
+    rb, _ = model.forecast(b, prediction_length=3 * L, max_masked_fraction=None, output_type="torch")
+    torch.testing.assert_close(ra[0, -32:], rb[0, -32:])  # the reference rollout collapses there
+
+
+def test_feedback_rollout_equals_reference_up_to_half_window(model):
+    L = model.config.context_length
+    q1, _ = model.forecast(sine(), prediction_length=L // 2 + 32, output_type="torch")
+    q2, _ = model.forecast(sine(), prediction_length=L // 2 + 32, max_masked_fraction=None, output_type="torch")
+    torch.testing.assert_close(q1, q2, rtol=0, atol=0)
+
+
+def test_extreme_and_degenerate_values_give_finite_results(model):
+    big, _ = model.forecast(sine() * 1e30, prediction_length=8, output_type="torch")
+    ref, _ = model.forecast(sine(), prediction_length=8, output_type="torch")
+    assert torch.isfinite(big).all()
+    torch.testing.assert_close(big / 1e30, ref, rtol=1e-4, atol=1e-4)  # scale equivariant
+    tiny, _ = model.forecast(sine() * 1e-30, prediction_length=8, output_type="torch")
+    torch.testing.assert_close(tiny / 1e-30, ref, rtol=1e-4, atol=1e-4)
+    for s in (np.full(50, np.nan), np.zeros(50), np.full(50, 7.0), np.arange(100, dtype=np.int64)):
+        q, _ = model.forecast(s, prediction_length=8, output_type="torch")
+        assert torch.isfinite(q).all()
+    with pytest.warns(UserWarning, match="inf"):
+        q, _ = model.forecast(np.r_[sine(100), np.inf], prediction_length=4, output_type="torch")
+    assert torch.isfinite(q).all()
+
+
+@pytest.mark.parametrize(
+    "context, kwargs, error, match",
+    [
+        (np.array([]), {}, ValueError, "empty"),
+        ([np.ones(10), np.array([])], {}, ValueError, "series 1 is empty"),
+        (np.zeros((2, 3, 4)), {}, ValueError, "3-D"),
+        (np.array(["a", "b"]), {}, TypeError, "non-numeric"),
+        (np.ones(10) + 1j, {}, TypeError, "complex"),
+        ("hello", {}, TypeError, "not supported"),
+        (np.ones(10), {"prediction_length": 0}, ValueError, "positive integer"),
+        (np.ones(10), {"prediction_length": 2.5}, TypeError, "positive integer"),
+        (np.ones(10), {"prediction_length": True}, TypeError, "positive integer"),
+        (np.ones(10), {"quantile_levels": [0.5, 1.0]}, ValueError, "between 0 and 1"),
+        (np.ones(10), {"quantile_levels": [0.0]}, ValueError, "between 0 and 1"),
+        (np.ones(10), {"quantile_levels": []}, ValueError, "empty"),
+        (np.ones(10), {"batch_size": 0}, ValueError, "batch_size"),
+        (np.ones(10), {"rollout_steps": -1}, ValueError, "rollout_steps"),
+    ],
+)
+def test_bad_input_is_named(model, context, kwargs, error, match):
+    kwargs = {"prediction_length": 4, **kwargs}
+    with pytest.raises(error, match=match):
+        model.forecast(context, **kwargs)
+
+
+def test_dataframe_bad_input(model):
+    df = pd.DataFrame({"item_id": ["a"] * 3, "timestamp": ["2024-01-01", "2024-01-01", "2024-01-02"], "target": [1, 2, 3]})
+    with pytest.raises(ValueError, match="duplicate"):
+        model.forecast(df, prediction_length=2)
+    df = pd.DataFrame({"item_id": ["a"] * 3, "timestamp": ["2024-01-01", "yesterday-ish", "2024-01-03"], "target": [1, 2, 3]})
+    with pytest.raises(ValueError, match="not timestamps"):
+        model.forecast(df, prediction_length=2)
+    df = pd.DataFrame({"item_id": ["a"] * 3, "timestamp": pd.date_range("2024", periods=3, freq="D"), "target": ["a", "b", "c"]})
+    with pytest.raises(TypeError, match="not numeric"):
+        model.forecast(df, prediction_length=2)
+    with pytest.raises(ValueError, match="no target column"):
+        model.forecast(df.rename(columns={"target": "zzz"}), prediction_length=2)

@@ -1,0 +1,144 @@
+"""load_model sources, save_pretrained round trips, the published layout, and broken checkpoints."""
+
+import json
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from tirex import CheckpointError, ModelConfig, TiRexModel, load_model
+from tirex.checkpoint import to_reference_state_dict, write_reference_checkpoint
+from tirex.config import DEFAULT_QUANTILE_LEVELS
+
+
+def tiny(**kw):
+    cfg = dict(embed_dim=16, num_heads=2, num_blocks=1, input_ff_dim=32, context_length=64)
+    cfg.update(kw)
+    return TiRexModel(ModelConfig(**cfg))
+
+
+def test_published_configuration_has_the_published_keys_and_shapes(fixture_dir):
+    spec = json.loads((fixture_dir.parent / "tirex_official_state_dict_shapes.json").read_text())
+    model = TiRexModel(ModelConfig())  # defaults are the published size
+    ref = to_reference_state_dict(model.state_dict())
+    assert {k: list(v.shape) for k, v in ref.items()} == spec["state_dict_shapes"]
+    assert model.num_parameters == spec["n_params"] == 35_291_200
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = tiny()
+    x = torch.randn(2, 100)
+    model.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    again = load_model(tmp_path / "m")
+    assert torch.equal(model.forecast(x, 40)[0], again.forecast(x, 40)[0])
+    assert again.config == model.config
+
+
+def test_published_layout_round_trip_and_folder(tmp_path, fixture_dir):
+    model = load_model(fixture_dir / "official" / "model.ckpt")
+    write_reference_checkpoint(model, tmp_path / "model.ckpt")
+    for source in (tmp_path / "model.ckpt", tmp_path, fixture_dir / "official"):
+        other = load_model(source)
+        for (k, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
+            assert torch.equal(a, b), k
+
+
+def test_checkpoint_with_lightning_bookkeeping_and_extra_hparams(tmp_path, fixture_dir):
+    ckpt = torch.load(fixture_dir / "official" / "model.ckpt", weights_only=True)
+    ckpt.update(epoch=3, global_step=1000, pytorch_lightning_version="2.4.0", callbacks={})
+    ckpt["hyper_parameters"]["something_new"] = {"a": 1}
+    torch.save(ckpt, tmp_path / "model.ckpt")
+    assert load_model(tmp_path / "model.ckpt").config.embed_dim == 128
+
+
+def test_recurrence_dtype_override():
+    model = tiny()
+    model.set_recurrence_dtype("float32")
+    assert all(b.slstm.recurrence_dtype == "float32" for b in model.blocks)
+    with pytest.raises(ValueError, match="recurrence_dtype"):
+        model.set_recurrence_dtype("float16")
+
+
+def test_unknown_source():
+    with pytest.raises(ValueError, match="unknown model source"):
+        load_model("./no/such/folder")
+    with pytest.raises(ValueError, match="unknown model source"):
+        load_model("not a repo id")
+
+
+def test_folder_without_weights(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither"):
+        load_model(tmp_path)
+
+
+def test_truncated_and_corrupt_files(tmp_path, fixture_dir):
+    data = (fixture_dir / "official" / "model.ckpt").read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_model(tmp_path / "cut.ckpt")
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError):
+        load_model(tmp_path / "junk.ckpt")
+    tiny().save_pretrained(tmp_path / "m")
+    w = tmp_path / "m" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_model(tmp_path / "m")
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_pickled_objects_are_refused(tmp_path, fixture_dir):
+    ckpt = torch.load(fixture_dir / "official" / "model.ckpt", weights_only=True)
+    ckpt["payload"] = Evil()
+    torch.save(ckpt, tmp_path / "model.ckpt")
+    with pytest.raises(CheckpointError, match="refusing|corrupt"):
+        load_model(tmp_path / "model.ckpt")
+
+
+def test_config_errors(tmp_path):
+    tiny().save_pretrained(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    del cfg["embed_dim"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="missing required keys"):
+        load_model(tmp_path / "m")
+    cfg["embed_dim"] = 16
+    cfg["flux_capacitor"] = 1
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        load_model(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_model(tmp_path / "m")
+    with pytest.raises(ValueError, match="divisible"):
+        ModelConfig(embed_dim=10, num_heads=3)
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        ModelConfig(context_length=100)
+    with pytest.raises(ValueError, match="quantile_levels"):
+        ModelConfig(quantile_levels=(0.5, 0.1))
+
+
+def test_missing_hparams_key(tmp_path, fixture_dir):
+    ckpt = torch.load(fixture_dir / "official" / "model.ckpt", weights_only=True)
+    del ckpt["hyper_parameters"]["train_ctx_len"]
+    torch.save(ckpt, tmp_path / "model.ckpt")
+    with pytest.raises(CheckpointError, match="train_ctx_len"):
+        load_model(tmp_path / "model.ckpt")
+
+
+def test_weights_of_the_wrong_shape(tmp_path):
+    tiny().save_pretrained(tmp_path / "m")
+    tiny(embed_dim=32).config.save(tmp_path / "m" / "config.json")
+    with pytest.raises(CheckpointError, match="has shape"):
+        load_model(tmp_path / "m")
+
+
+def test_default_quantile_levels_and_median():
+    assert ModelConfig().quantile_levels == DEFAULT_QUANTILE_LEVELS
+    assert ModelConfig().median_index == 4
