@@ -1,0 +1,184 @@
+"""Command line: ``tirex forecast | demo | eval | pretrain | finetune`` (also ``python -m tirex``).
+
+Exit codes: 0 success, 2 a problem with the input or options (one line on stderr says what and
+how to fix it), 1 an unexpected failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _levels(text: str) -> list[float]:
+    try:
+        levels = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--quantiles must be comma-separated numbers like 0.1,0.5,0.9, got {text!r}")
+    if not levels or any(not 0 < q < 1 for q in levels):
+        raise argparse.ArgumentTypeError(f"--quantiles must lie strictly between 0 and 1, got {text!r}")
+    return sorted(set(levels))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _write_atomic(df, path: Path) -> None:
+    """Write CSV or Parquet via a temporary file, so a failure never leaves a partial output."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _print_table(df, levels, max_rows: int = 12) -> None:
+    import pandas as pd
+
+    show = ["timestamp"] + [c for c in ("0.1", "0.5", "0.9") if c in df] or ["mean"]
+    with pd.option_context("display.width", 120, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
+        for item, group in df.groupby("item_id", sort=False):
+            print(f"\n{item}  (first {min(max_rows, len(group))} of {len(group)} steps)")
+            print(group[show].head(max_rows).to_string(index=False))
+
+
+def _add_forecast_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--horizon", "-H", type=_positive_int, required=True, help="steps to forecast after each series")
+    p.add_argument("--quantiles", type=_levels, default=None,
+                   help="comma-separated quantile levels in (0, 1) (default: 0.1,0.2,...,0.9)")
+    p.add_argument("--model", default=None,
+                   help="model folder, .ckpt file or Hugging Face Hub repo id (default: the bundled model)")
+    p.add_argument("--output", "-o", type=Path, default=None,
+                   help="write the forecasts here (.csv or .parquet); printed as a table otherwise")
+    p.add_argument("--plot", type=Path, default=None, help="write a fan chart PNG here")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="series per forward pass (default 256)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default cpu)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tirex", description="TiRex-compatible time-series forecasting.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    f = sub.add_parser("forecast", help="forecast every series in a CSV/Parquet file",
+                       description="Forecast every series in FILE. Long layout: one row per (id, timestamp, value); "
+                                   "wide layout: a timestamp column and one column per series. Column names are "
+                                   "detected (item_id/id/unique_id, timestamp/ds/date, target/y/value) or given.")
+    f.add_argument("file", type=Path, help="input table (.csv or .parquet)")
+    _add_forecast_options(f)
+    f.add_argument("--layout", choices=("auto", "long", "wide"), default="auto",
+                   help="table layout (default: auto = long if a target column is found)")
+    f.add_argument("--id-column", default=None, help="series id column (long layout)")
+    f.add_argument("--timestamp-column", default=None, help="timestamp column")
+    f.add_argument("--target-column", default=None, help="value column (long layout)")
+
+    d = sub.add_parser("demo", help="forecast the bundled real demo series and draw a fan chart",
+                       description="Forecast the three public-domain demo series shipped with the package "
+                                   "(Mauna Loa CO2, sunspots, El Nino SST) with the bundled model.")
+    d.add_argument("--horizon", "-H", type=_positive_int, default=36, help="steps to forecast (default 36)")
+    d.add_argument("--output-dir", type=Path, default=Path("tirex-demo"),
+                   help="where forecast.csv and forecast.png go (default ./tirex-demo)")
+    d.add_argument("--model", default=None, help="model source (default: the bundled model)")
+
+    for name, module, what in (
+        ("eval", "tirex_eval.cli", "score models on GIFT-Eval, Chronos Benchmark II or the offline suite"),
+        ("pretrain", "tirex_pretraining.cli", "pretrain a model with Lightning"),
+        ("finetune", "tirex_pretraining.finetune_cli", "fine-tune a model on your own series"),
+    ):
+        try:
+            mod = __import__(module, fromlist=["add_subparser"])
+            mod.add_subparser(sub)
+        except ImportError as exc:
+            p = sub.add_parser(name, help=f"{what} (unavailable: {exc.name} is not installed)")
+            p.set_defaults(unavailable=f"`tirex {name}` needs {exc.name}; install the extra: pip install 'tirex[{'eval' if name == 'eval' else 'pretrain'}]'")
+    return parser
+
+
+def _load(source, device):
+    from tirex import load_model
+
+    return load_model(source, device=device)
+
+
+def cmd_forecast(args) -> int:
+    from tirex.io import read_table, to_long
+
+    long = to_long(read_table(args.file), args.file, args.layout, args.id_column, args.timestamp_column, args.target_column)
+    model = _load(args.model, args.device)
+    result = model.forecast(long, prediction_length=args.horizon, quantile_levels=args.quantiles,
+                            batch_size=args.batch_size, progress=sys.stderr.isatty(),
+                            id_column="item_id", timestamp_column="timestamp", target_column="target")
+    if args.output:
+        _write_atomic(result, args.output)
+        print(f"wrote {len(result)} rows for {result['item_id'].nunique()} series to {args.output}", file=sys.stderr)
+    else:
+        _print_table(result, args.quantiles)
+    if args.plot:
+        from tirex.plotting import plot_fan_chart
+
+        plot_fan_chart(long, result, args.plot)
+        print(f"wrote fan chart to {args.plot}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from tirex.io import read_table, to_long
+    from tirex.plotting import plot_fan_chart
+
+    path = Path(str(resources.files("tirex") / "data" / "demo.csv"))
+    long = to_long(read_table(path), path)
+    model = _load(args.model, None)
+    result = model.forecast(long, prediction_length=args.horizon, id_column="item_id",
+                            timestamp_column="timestamp", target_column="target")
+    _print_table(result, None)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(result, args.output_dir / "forecast.csv")
+    plot_fan_chart(long, result, args.output_dir / "forecast.png")
+    print(f"\nwrote {args.output_dir / 'forecast.csv'} and {args.output_dir / 'forecast.png'}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "unavailable", None):
+        print(f"tirex: error: {args.unavailable}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    handler = {"forecast": cmd_forecast, "demo": cmd_demo}.get(args.command) or args.run
+    try:
+        return int(handler(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"tirex {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"tirex {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an unexpected failure: one line, plus the type for bug reports
+        print(f"tirex {args.command}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
