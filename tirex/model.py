@@ -169,6 +169,12 @@ class TiRexModel(nn.Module):
             max_masked_fraction, output_type, progress, **frame_kwargs,
         )
 
+    def stream(self, context) -> "Stream":
+        """Start a constant-memory stream over ``context`` (see ``tirex.streaming.Stream``)."""
+        from .streaming import Stream
+
+        return Stream(self.eval(), context)
+
     def set_recurrence_dtype(self, recurrence_dtype: str) -> None:
         """Switch the sLSTM numerics ("bfloat16" = reference parity, "float32")."""
         self.config.recurrence_dtype = recurrence_dtype

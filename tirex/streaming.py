@@ -1,0 +1,93 @@
+"""Streaming updates with constant memory: carry the sLSTM state forward instead of re-reading a window.
+
+A ``Stream`` reads an initial context once (exactly like one forecasting pass), then takes new
+observations as they arrive. Every completed patch costs one token through the network, whatever
+the length of the history; memory holds only the per-block recurrent states, the scaling, and the
+values of the current unfinished patch.
+
+Right after ``model.stream(context)`` the first patch of the forecast equals the first patch of
+``model.forecast(context, ...)``. Later patches, and forecasts after updates, approximate a fresh
+forecast: the scaling stays the one fitted on the initial context, the future is fed in as masked
+tokens without re-windowing, and the state summarises all history rather than the last
+``context_length`` values.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .inputs import check_prediction_length, to_series_list
+from .scaling import fit_scale, patch_tokens, window
+from .slstm import SLSTMState
+
+
+class Stream:
+    """Incremental forecaster over a batch of series (see the module docstring).
+
+    Example:
+        >>> stream = model.stream(history)              # (batch, time) or a list of series
+        >>> stream.update(new_values)                   # (batch, n) new observations, NaN = missing
+        >>> quantiles, mean = stream.forecast(24)
+    """
+
+    def __init__(self, model, context) -> None:
+        series = to_series_list(context)
+        cfg = model.config
+        self.model = model
+        self.patch_size = p = cfg.patch_size
+        ctx = torch.full((len(series), max(s.numel() for s in series)), float("nan"))
+        for i, s in enumerate(series):
+            ctx[i, ctx.shape[1] - s.numel():] = s.float()
+        # tokens are aligned to the end of the context, as in a forecasting pass
+        x = window(ctx, cfg.context_length)
+        self.loc, self.scale = fit_scale(x)
+        tokens = patch_tokens((x - self.loc) / self.scale, p)
+        self.states: list[SLSTMState] | None = None
+        self._last_output = self._advance(tokens)
+        self.partial = ctx.new_zeros((ctx.shape[0], 0))
+        self.steps_seen = ctx.shape[1]
+
+    @torch.no_grad()
+    def _advance(self, tokens: torch.Tensor) -> torch.Tensor:
+        out, self.states = self.model(tokens, self.states, return_states=True)
+        return out[:, -1]  # (batch, quantiles, patch): prediction for the next patch
+
+    @torch.no_grad()
+    def update(self, values) -> None:
+        """Append new observations, (batch, n) or (n,) for a single series; NaN marks missing values."""
+        values = torch.as_tensor(values, dtype=torch.float32)
+        if values.ndim == 1:
+            values = values.unsqueeze(0)
+        if values.ndim != 2 or values.shape[0] != self.loc.shape[0]:
+            raise ValueError(f"update expects ({self.loc.shape[0]}, n) values, got shape {tuple(values.shape)}")
+        values = torch.where(torch.isinf(values), torch.nan, values)
+        buf = torch.cat([self.partial, values], dim=1)
+        full = buf.shape[1] // self.patch_size * self.patch_size
+        if full:
+            scaled = (buf[:, :full] - self.loc) / self.scale
+            self._last_output = self._advance(patch_tokens(scaled, self.patch_size))
+        self.partial = buf[:, full:]
+        self.steps_seen += values.shape[1]
+
+    @torch.no_grad()
+    def forecast(self, prediction_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Quantiles (batch, H, levels) and median (batch, H) from the current state; the state is not changed."""
+        h = check_prediction_length(prediction_length)
+        p, r = self.patch_size, self.partial.shape[1]
+        cfg = self.model.config
+        states, out = self.states, self._last_output
+        pieces = [out[..., r:]]  # the current patch's first r values are already observed
+        have = p - r
+        pending = None
+        if r:
+            pending = torch.cat([self.partial, self.partial.new_full((self.partial.shape[0], p - r), float("nan"))], dim=1)
+        while have < h:
+            token_values = pending if pending is not None else self.partial.new_full((self.partial.shape[0], p), float("nan"))
+            pending = None
+            token = patch_tokens((token_values - self.loc) / self.scale, p)
+            out_seq, states = self.model(token, states, return_states=True)
+            pieces.append(out_seq[:, -1])
+            have += p
+        q = torch.cat(pieces, dim=-1)[..., :h] * self.scale.unsqueeze(-1) + self.loc.unsqueeze(-1)
+        q = q.transpose(1, 2)  # (batch, H, quantiles)
+        return q, q[..., cfg.median_index]
