@@ -1,0 +1,40 @@
+"""An installed wheel carries everything a checkout has: bundled weights, demo data, CUDA sources, configs."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    return zipfile.ZipFile(next(out.glob("tirex-*.whl")))
+
+
+@pytest.mark.parametrize("pattern", [
+    "tirex/weights/default/model.safetensors",
+    "tirex/weights/default/config.json",
+    "tirex/data/demo.csv",
+    "tirex_cuda/*.cu",
+    "tirex_pretraining/configs/*.yaml",
+    "tirex_eval/*.py",
+])
+def test_wheel_contains(wheel, pattern):
+    import fnmatch
+
+    assert fnmatch.filter(wheel.namelist(), pattern), f"{pattern} missing from the wheel"
+
+
+def test_wheel_has_console_script(wheel):
+    entry = next(n for n in wheel.namelist() if n.endswith("entry_points.txt"))
+    assert "tirex = tirex.cli:main" in wheel.read(entry).decode()
