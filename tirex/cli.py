@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    handler = {"forecast": cmd_forecast, "demo": cmd_demo}.get(args.command) or args.run
+    handler = {"forecast": cmd_forecast, "demo": cmd_demo}.get(args.command) or args.func
     try:
         return int(handler(args) or 0)
     except (ValueError, TypeError, FileNotFoundError) as exc:
