@@ -8,9 +8,14 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
+from . import inference
+from .backends import check_backend
 from .layers import ResidualBlock, RMSNorm
 from .scaling import fit_scale, patch_tokens, window
 from .slstm import SLSTMBlock, SLSTMState
+
+
+STACKED_ROWS = 128  # rollout passes are stacked along the batch up to this many series per forward
 
 
 class TiRexModel(nn.Module):
@@ -38,22 +43,38 @@ class TiRexModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(
-        self, tokens: torch.Tensor, states: list[SLSTMState] | None = None, return_states: bool = False
+        self,
+        tokens: torch.Tensor,
+        states: list[SLSTMState] | None = None,
+        return_states: bool = False,
+        last_tokens: int | None = None,
     ):
         """Scaled quantiles of the patch after each token.
 
         Args:
             tokens: (batch, tokens, 2 * patch_size) from ``patch_tokens``.
             states: per-block starting states (a continued stream), or None for a fresh sequence.
+            last_tokens: apply the quantile head to the last ``last_tokens`` tokens only (None = all).
         Returns:
             (batch, tokens, quantiles, patch_size); with ``return_states`` also the final per-block states.
         """
-        h = self.patch_embedding(tokens)
-        new_states = []
-        for i, block in enumerate(self.blocks):
-            h, state = block(h, None if states is None else states[i])
-            new_states.append(state)
-        out = self.head(self.out_norm(h))
+        fast = not torch.is_grad_enabled()  # no-grad: chunked, in-place feed-forward parts (tirex.inference)
+        dtype = self.blocks[0].slstm.matmul_dtype if len(self.blocks) else torch.float32
+        # a small no-grad forward on CPU runs on one thread (see tirex.inference.single_thread_if_small)
+        with inference.single_thread_if_small(tokens, fast):
+            h = inference.residual_block(tokens, self.patch_embedding, dtype) if fast else self.patch_embedding(tokens)
+            new_states = []
+            for i, block in enumerate(self.blocks):
+                # the last block's feed-forward only needs the tokens the head will read
+                keep = last_tokens if i == len(self.blocks) - 1 else None
+                h, state = block(h, None if states is None else states[i], keep_last=keep)
+                new_states.append(state)
+            if last_tokens is not None:
+                h = h[:, -last_tokens:]
+            if fast:
+                out = inference.residual_block(inference.rms_norm(h, self.out_norm), self.head, dtype)
+            else:
+                out = self.head(self.out_norm(h))
         out = out.view(*out.shape[:2], len(self.config.quantile_levels), self.config.patch_size)
         return (out, new_states) if return_states else out
 
@@ -74,7 +95,7 @@ class TiRexModel(nn.Module):
         if num_patches > 1:
             empty = tokens.new_zeros(tokens.shape[0], num_patches - 1, tokens.shape[2])
             tokens = torch.cat([tokens, empty], dim=1)
-        out = self(tokens)[:, -num_patches:]
+        out = self(tokens, last_tokens=num_patches)
         return out * scale.view(-1, 1, 1, 1) + loc.view(-1, 1, 1, 1)
 
     @torch.no_grad()
@@ -105,21 +126,47 @@ class TiRexModel(nn.Module):
         total = math.ceil(prediction_length / p)
         keep_masked = None if max_masked_fraction is None else max(1, int(cfg.num_tokens * max_masked_fraction))
         history = context.float()
+        batch = history.shape[0]
         medians: list[torch.Tensor] = []  # (batch, patch_size) per predicted patch
         pieces = []
         done = 0
         while done < total:
             k = min(total - done, rollout_steps)
+            starts = self._independent_passes(done, k, total, rollout_steps, keep_masked, batch)
             filled = 0 if keep_masked is None else max(0, done - keep_masked)
-            nan_future = history.new_full((history.shape[0], (done - filled) * p), float("nan"))
-            known = torch.cat([history, *medians[:filled], nan_future], dim=1)
-            out = self.predict_patches(known, k)  # (batch, k, Q, P)
-            pieces.append(out)
-            medians.extend(out[:, j, cfg.median_index] for j in range(k))
-            done += k
+            knowns = []
+            for start in starts:  # only the first pass can fill in predictions (filled > 0)
+                nan_future = history.new_full((batch, (start - filled) * p), float("nan"))
+                known = torch.cat([history, *medians[:filled], nan_future], dim=1)
+                knowns.append(window(known, cfg.context_length) if len(starts) > 1 else known)
+            out = self.predict_patches(torch.cat(knowns), k)  # (passes * batch, k, Q, P)
+            for part in out.split(batch):
+                pieces.append(part)
+                medians.extend(part[:, j, cfg.median_index] for j in range(k))
+            done = starts[-1] + k
         quantiles = torch.cat(pieces, dim=1)  # (batch, total, Q, P)
         quantiles = quantiles.permute(0, 1, 3, 2).reshape(context.shape[0], total * p, -1)
         return quantiles[:, :prediction_length]
+
+    @staticmethod
+    def _independent_passes(done, k, total, rollout_steps, keep_masked, batch) -> list[int]:
+        """Starts of the rollout passes that can run as one stacked batch, beginning at ``done``.
+
+        A pass reads no earlier prediction while it fills none in (start <= keep_masked): its input
+        is the history plus NaN. Such passes with the same patch count are stacked along the batch
+        (one forward instead of several; up to STACKED_ROWS rows), which changes no result.
+        """
+        starts = [done]
+        while True:
+            nxt = starts[-1] + k
+            if nxt >= total or min(total - nxt, rollout_steps) != k:
+                break
+            if keep_masked is not None and nxt > keep_masked:
+                break
+            if (len(starts) + 1) * batch > max(batch, STACKED_ROWS):
+                break
+            starts.append(nxt)
+        return starts
 
     # -- public API -------------------------------------------------------------------------------
     def forecast(
@@ -169,6 +216,22 @@ class TiRexModel(nn.Module):
             max_masked_fraction, output_type, progress, **frame_kwargs,
         )
 
+    def finetune(self, data, prediction_length: int, **kwargs) -> "TiRexModel":
+        """Fine-tune a copy of this model on ``data`` (needs ``pip install 'tirex[pretrain]'``).
+
+        Holds out the last ``prediction_length`` values of each series, trains with Lightning and
+        early-stops on them; returns the tuned model with its report in ``.finetune_report``. See
+        ``tirex_pretraining.finetune.finetune`` for the options (``mode="full"|"head"``, ``max_steps``, ...).
+
+        Example:
+            >>> tuned = model.finetune(my_series, prediction_length=24)
+            >>> print(tuned.finetune_report); tuned.save_pretrained("my-model")
+        """
+        from tirex_pretraining.finetune import finetune
+
+        tuned, _ = finetune(self, data, prediction_length, **kwargs)
+        return tuned
+
     def stream(self, context) -> "Stream":
         """Start a constant-memory stream over ``context`` (see ``tirex.streaming.Stream``)."""
         from .streaming import Stream
@@ -181,6 +244,28 @@ class TiRexModel(nn.Module):
         self.config.validate()
         for block in self.blocks:
             block.slstm.recurrence_dtype = recurrence_dtype
+
+    def set_backend(self, backend: str) -> None:
+        """Choose the sLSTM recurrence implementation: "auto" (default), "torch", "cpu" or "cuda".
+
+        See ``tirex.backends``: "auto" uses the fused CUDA kernels on GPUs of compute capability
+        >= 8.0 and the compiled C++ kernel on CPU; anything unavailable falls back to the torch loop
+        with one warning.
+        """
+        check_backend(backend)
+        for block in self.blocks:
+            block.slstm.backend = backend
+
+    def set_fast_mode(self, enabled: bool = True) -> None:
+        """Opt-in fast inference: bfloat16 operands for the weight matmuls outside the recurrence.
+
+        The recurrence keeps its numerics; forecasts move by a small fraction of the reference's
+        bfloat16 noise floor (see benchmarks/README_SECTION.md for measured speed and accuracy).
+        Training (grad enabled) always runs in float32.
+        """
+        dtype = torch.bfloat16 if enabled else torch.float32
+        for block in self.blocks:
+            block.slstm.matmul_dtype = dtype
 
     def save_pretrained(self, directory) -> None:
         """Write ``config.json`` + ``model.safetensors`` into ``directory`` (``load_model`` reads it)."""

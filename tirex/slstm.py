@@ -8,16 +8,24 @@ Numerics. With ``recurrence_dtype="bfloat16"`` the recurrence reproduces the ref
 of a bfloat16 kernel: input pre-activations, the recurrent matmul result and all four states are
 rounded to bfloat16 at every step, everything else runs in float32. The values are held in float32
 tensors, so the float32 matmul of bfloat16-valued operands is exact up to float32 accumulation.
+
+Speed. ``slstm_recurrence_torch`` is the readable reference loop. At inference the recurrence runs
+in one call of a compiled kernel (``tirex/_cpu_kernel`` on CPU, ``cuda/`` on GPUs; chosen by
+``tirex.backends``) with the same op sequence, and the block's norms and feed-forward take the
+chunked, in-place path of ``tirex.inference``. Training (grad enabled) uses the plain modules.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+from . import inference
+from .backends import resolve
 from .layers import GatedFeedForward, RMSNorm
 
 GATES = ("input", "forget", "cell", "output")  # order of the gate axis everywhere
@@ -39,6 +47,13 @@ def zero_state(num_heads: int, batch: int, head_dim: int, device=None) -> SLSTMS
 
 def _round_bf16(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.bfloat16).float()
+
+
+def _round_bf16_numpy(x: np.ndarray) -> torch.Tensor:
+    """``_round_bf16`` for a float32 array (nearest even on the bits; NaN kept), as a tensor."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) & np.uint32(0xFFFF0000)).view(np.float32)
+    return torch.from_numpy(np.where(np.isnan(x), x, rounded).astype(np.float32))
 
 
 def slstm_recurrence_torch(
@@ -87,6 +102,66 @@ def slstm_recurrence_torch(
     return torch.stack(outputs), SLSTMState(y, c, n, m)
 
 
+def slstm_recurrence(
+    wx: torch.Tensor,
+    recurrent: torch.Tensor,
+    bias: torch.Tensor,
+    state: SLSTMState | None = None,
+    emulate_bf16: bool = True,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, SLSTMState]:
+    """The sLSTM recurrence on the backend ``backend`` (see ``tirex.backends``).
+
+    Args:
+        wx: (heads, batch, steps, 4 * head_dim) float32 input pre-activations, gate-major on the last axis.
+        recurrent, bias, state, emulate_bf16: as for ``slstm_recurrence_torch``.
+    Returns:
+        y: (batch, steps, heads, head_dim) float32, and the final state.
+    """
+    chosen = resolve(backend, wx)
+    if chosen == "cpu":
+        y, new_state = _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate_bf16)
+        if y is not None:
+            return y, new_state
+    if chosen == "cuda":
+        from .cuda_backend import slstm_recurrence_cuda
+
+        return slstm_recurrence_cuda(wx, recurrent, bias, state, emulate_bf16)
+    y, state = slstm_recurrence_torch(wx.permute(2, 0, 1, 3), recurrent, bias, state, emulate_bf16)
+    return y.permute(2, 0, 1, 3), state
+
+
+def _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate_bf16, norm_weight=None, residual=None):
+    """The compiled CPU kernel. With ``norm_weight`` it also applies the per-head group norm and adds
+    ``residual`` (batch, steps, embed), returning the block's residual stream. (None, None) if the
+    kernel does not handle these sizes."""
+    from . import _cpu_kernel
+
+    heads, batch, steps, four_dh = wx.shape
+    dh = four_dh // 4
+    wx = wx.detach()
+    wx = (wx if wx.dtype == torch.bfloat16 else wx.float()).contiguous()  # bfloat16: the fast mode's projection
+    r = recurrent.detach().float()
+    if emulate_bf16 and not getattr(recurrent, "_tirex_bf16_rounded", False):
+        r = _round_bf16(r)
+    r = r.contiguous()
+    bias = bias.detach().float().contiguous()
+    states = torch.empty(4, heads, batch, dh) if state is None else torch.stack([s.detach().float() for s in state])
+    out = torch.empty(batch, steps, heads, dh)
+    if norm_weight is not None:
+        norm_weight = norm_weight.detach().float().contiguous()
+    if residual is not None:
+        residual = residual.detach().float().contiguous()
+    status = _cpu_kernel.load().tirex_slstm_forward(
+        wx.data_ptr(), int(wx.dtype == torch.bfloat16), r.data_ptr(), bias.data_ptr(), states.data_ptr(), out.data_ptr(),
+        None if norm_weight is None else norm_weight.data_ptr(), None if residual is None else residual.data_ptr(),
+        1e-5, heads, batch, steps, dh, int(state is None), int(emulate_bf16), torch.get_num_threads(),
+    )
+    if status != 0:
+        return None, None
+    return out, SLSTMState(*states.unbind(0))
+
+
 class SLSTMLayer(nn.Module):
     """Head-wise input projections, the sLSTM recurrence, and a per-head group norm."""
 
@@ -95,6 +170,8 @@ class SLSTMLayer(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dh = embed_dim // num_heads
         self.recurrence_dtype = recurrence_dtype
+        self.backend = "auto"  # see tirex.backends
+        self.matmul_dtype = torch.float32  # bfloat16 = the opt-in fast mode (inference only)
         # Block-diagonal input projections, one (head_dim x head_dim) matrix per head: out = W[h] @ x[h].
         self.input_gate = nn.Parameter(torch.empty(num_heads, dh, dh))
         self.forget_gate = nn.Parameter(torch.empty(num_heads, dh, dh))
@@ -112,20 +189,67 @@ class SLSTMLayer(nn.Module):
         w = torch.stack([self.input_gate, self.forget_gate, self.cell_gate, self.output_gate], dim=1)
         return w.permute(0, 3, 1, 2).reshape(self.num_heads, self.head_dim, 4 * self.head_dim)
 
-    def forward(self, x: torch.Tensor, state: SLSTMState | None = None) -> tuple[torch.Tensor, SLSTMState]:
-        # x: (batch, steps, embed)
-        batch, steps, _ = x.shape
+    def _inference_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input projection in matmul_dtype, recurrent matrix as the recurrence uses it), cached
+        until a parameter changes (no re-stacking and re-rounding on every call)."""
+        params = (self.input_gate, self.forget_gate, self.cell_gate, self.output_gate, self.recurrent)
+        key = (self.matmul_dtype, self.recurrence_dtype) + tuple((p._version, p.data_ptr()) for p in params)
+        cached = getattr(self, "_inference_cache", None)
+        if cached is None or cached[0] != key:
+            if self.recurrent.device.type == "cpu":
+                # numpy, single-threaded: on a busy CPU a few small torch ops here cost more than the
+                # whole first forecast (every parallel op waits for a descheduled worker thread)
+                projection = torch.from_numpy(np.concatenate(
+                    [w.detach().float().numpy().transpose(0, 2, 1) for w in params[:4]], axis=2))
+                recurrent = _round_bf16_numpy(self.recurrent.detach().float().numpy()) if (
+                    self.recurrence_dtype == "bfloat16") else self.recurrent.detach().float().contiguous()
+            else:
+                projection = self.input_projection().detach()
+                recurrent = self.recurrent.detach().float()
+                recurrent = (_round_bf16(recurrent) if self.recurrence_dtype == "bfloat16" else recurrent).contiguous()
+            if self.recurrence_dtype == "bfloat16":
+                recurrent._tirex_bf16_rounded = True
+            cached = (key, (projection.to(self.matmul_dtype), recurrent))
+            self._inference_cache = cached
+        return cached[1]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: SLSTMState | None = None,
+        residual: torch.Tensor | None = None,
+        head_major: bool = False,
+    ) -> tuple[torch.Tensor, SLSTMState]:
+        """x: (batch, steps, embed) -> (batch, steps, embed) and the final state; plus ``residual`` if given.
+
+        With ``head_major`` x is (heads, batch * steps, head_dim) (the fast path's norm writes it so) and
+        ``residual`` (batch, steps, embed) is required: it gives the shape.
+        """
         heads, dh = self.num_heads, self.head_dim
-        xh = x.reshape(batch * steps, heads, dh).transpose(0, 1)  # (heads, batch*steps, dh)
-        wx = torch.bmm(xh, self.input_projection())  # (heads, batch*steps, 4dh)
-        wx = wx.view(heads, batch, steps, 4 * dh).permute(2, 0, 1, 3)  # (steps, heads, batch, 4dh)
-        y, state = slstm_recurrence_torch(
-            wx, self.recurrent, self.bias.reshape(heads, 4 * dh), state, self.recurrence_dtype == "bfloat16"
-        )
+        if head_major:
+            batch, steps, _ = residual.shape
+            xh = x
+        else:
+            batch, steps, _ = x.shape
+            xh = x.reshape(batch * steps, heads, dh).transpose(0, 1)  # (heads, batch*steps, dh), a view
+        if torch.is_grad_enabled():
+            weight, recurrent = self.input_projection(), self.recurrent
+        else:
+            weight, recurrent = self._inference_weights()
+            xh = xh.to(weight.dtype)
+        wx = torch.bmm(xh, weight).view(heads, batch, steps, 4 * dh)  # bfloat16 in fast mode
+        bias = self.bias.reshape(heads, 4 * dh)
+        emulate = self.recurrence_dtype == "bfloat16"
+        if resolve(self.backend, wx) == "cpu":  # fused recurrence + group norm + residual
+            out, new_state = _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate, self.norm_weight, residual)
+            if out is not None:
+                return out.view(batch, steps, heads * dh), new_state
+        wx = wx.float()
+        y, state = slstm_recurrence(wx, recurrent, bias, state, emulate, self.backend)  # y: (batch, steps, heads, dh)
         # per-head group norm over head_dim, then back to (batch, steps, embed)
-        y = F.layer_norm(y, (dh,), eps=1e-5)
-        y = y * (1.0 + self.norm_weight.view(1, heads, 1, dh))
-        return y.permute(2, 0, 1, 3).reshape(batch, steps, heads * dh), state
+        y = F.layer_norm(y, (dh,), eps=1e-5) * (1.0 + self.norm_weight.view(heads, dh))
+        out = y.reshape(batch, steps, heads * dh)
+        return (out if residual is None else out + residual), state
 
 
 class SLSTMBlock(nn.Module):
@@ -138,8 +262,22 @@ class SLSTMBlock(nn.Module):
         self.norm_ffn = RMSNorm(embed_dim)
         self.ffn = GatedFeedForward(embed_dim, ffn_dim)
 
-    def forward(self, h: torch.Tensor, state: SLSTMState | None = None) -> tuple[torch.Tensor, SLSTMState]:
-        out, state = self.slstm(self.norm_slstm(h), state)
-        h = h + out
-        h = h + self.ffn(self.norm_ffn(h))
+    def forward(
+        self, h: torch.Tensor, state: SLSTMState | None = None, keep_last: int | None = None
+    ) -> tuple[torch.Tensor, SLSTMState]:
+        """h: (batch, steps, embed). With ``keep_last`` only the last ``keep_last`` steps are returned,
+        and the feed-forward runs on those only (it is per token; the recurrence still sees every step)."""
+        if torch.is_grad_enabled():
+            out, state = self.slstm(self.norm_slstm(h), state)
+            h = h + out
+            if keep_last is not None:
+                h = h[:, -keep_last:]
+            h = h + self.ffn(self.norm_ffn(h))
+            return h, state
+        # inference: fused norm, residuals added in place into the fresh sLSTM output, chunked FFN
+        x = inference.rms_norm(h.float(), self.norm_slstm, self.slstm.matmul_dtype, heads=self.slstm.num_heads)
+        h, state = self.slstm(x, state, residual=h, head_major=True)
+        if keep_last is not None:
+            h = h[:, -keep_last:].contiguous()
+        inference.ffn_residual_(h, self.norm_ffn, self.ffn, self.slstm.matmul_dtype)
         return h, state

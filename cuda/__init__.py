@@ -1,0 +1,1 @@
+"""CUDA sources of the fused sLSTM kernels (compiled on first use by tirex)."""

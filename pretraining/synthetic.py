@@ -1,0 +1,103 @@
+"""Synthetic series and augmentations, all driven by an explicit ``numpy.random.Generator``.
+
+KernelSynth style (Ansari et al., Chronos, 2024): draw up to ``max_kernels`` kernels from a bank
+(linear, RBF, rational quadratic, periodic with typical periods, white noise, constant), combine
+them with random + and *, and sample a function. Exact GP sampling needs a Cholesky factor per
+series; we sample each kernel's function with random Fourier features instead (O(length * features)),
+which has the kernel's covariance for stationary kernels. Sums of independent draws have the sum
+kernel; products of draws have the product kernel as covariance (not Gaussian, which is fine here).
+
+TSMixup: a convex combination (Dirichlet weights) of 1 to k real series, each scaled by its mean
+absolute value. Augmentations: amplitude modulation, censoring, spikes, missing stretches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import AugmentConfig
+
+PERIODS = (4, 7, 12, 24, 48, 52, 96, 168, 288, 336, 365, 672)
+
+
+def _rff(rng: np.random.Generator, t: np.ndarray, omega: np.ndarray) -> np.ndarray:
+    """Random Fourier features: sum_d w_d cos(omega_d t + b_d), unit variance."""
+    phase = rng.uniform(0, 2 * np.pi, size=len(omega))
+    weights = rng.standard_normal(len(omega)) * np.sqrt(2.0 / len(omega))
+    return np.cos(np.outer(t, omega) + phase) @ weights
+
+
+def sample_kernel_function(rng: np.random.Generator, t: np.ndarray) -> np.ndarray:
+    """One function drawn for one random kernel of the bank; ``t`` in [0, 1]."""
+    n = len(t)
+    kind = rng.choice(["linear", "rbf", "rq", "periodic", "periodic", "white", "constant"])
+    if kind == "linear":
+        return rng.standard_normal() * (t - rng.uniform(0, 1))
+    if kind == "rbf":
+        length = rng.choice([0.02, 0.05, 0.1, 0.3, 1.0])
+        return _rff(rng, t, rng.standard_normal(64) / length)
+    if kind == "rq":  # scale mixture of RBFs: gamma-distributed inverse squared length scales
+        alpha = rng.choice([0.1, 1.0, 10.0])
+        length = rng.choice([0.05, 0.1, 0.3, 1.0])
+        inv_l = np.sqrt(rng.gamma(alpha, 1.0 / alpha, size=64)) / length
+        return _rff(rng, t, rng.standard_normal(64) * inv_l)
+    if kind == "periodic":  # exp-sine-squared: harmonics of the period with decaying weights
+        period = rng.choice(PERIODS) / n  # in units of t
+        smooth = rng.choice([0.5, 1.0, 2.0])
+        k = np.arange(1, 9)
+        amp = np.exp(-k / smooth) * rng.standard_normal((2, 8))
+        arg = 2 * np.pi * np.outer(t, k) / period
+        return np.cos(arg) @ amp[0] + np.sin(arg) @ amp[1]
+    if kind == "white":
+        return rng.uniform(0.05, 0.5) * rng.standard_normal(n)
+    return np.full(n, rng.standard_normal())
+
+
+def kernel_synth(rng: np.random.Generator, length: int, max_kernels: int = 5) -> np.ndarray:
+    """A KernelSynth-style series of ``length`` values (float32).
+
+    Example:
+        >>> kernel_synth(np.random.default_rng(0), 512).shape
+        (512,)
+    """
+    t = np.linspace(0, 1, length)
+    y = sample_kernel_function(rng, t)
+    for _ in range(rng.integers(0, max_kernels)):
+        f = sample_kernel_function(rng, t)
+        y = y + f if rng.random() < 0.5 else y * f
+    return y.astype(np.float32)
+
+
+def tsmixup(rng: np.random.Generator, pieces: list[np.ndarray], alpha: float = 1.5) -> np.ndarray:
+    """Dirichlet-weighted mix of equal-length pieces, each divided by its mean absolute value."""
+    weights = rng.dirichlet(np.full(len(pieces), alpha))
+    out = np.zeros(len(pieces[0]), dtype=np.float64)
+    for w, p in zip(weights, pieces):
+        observed = np.abs(p[~np.isnan(p)])
+        scale = observed.mean() if observed.size else 1.0
+        out += w * p / (scale if scale > 0 else 1.0)
+    return out.astype(np.float32)
+
+
+def augment(rng: np.random.Generator, x: np.ndarray, cfg: AugmentConfig) -> np.ndarray:
+    """Apply each augmentation with its probability to a copy of ``x`` (1-D, NaN = missing)."""
+    x = x.astype(np.float32, copy=True)
+    n = len(x)
+    if n < 4:
+        return x
+    observed = x[~np.isnan(x)]
+    if rng.random() < cfg.amplitude_prob:  # smooth positive multiplicative trend
+        t = np.linspace(0, 1, n)
+        x *= (1 + rng.uniform(-0.5, 0.5) * t + rng.uniform(0, 0.3) * np.sin(2 * np.pi * rng.uniform(0.5, 3) * t)).clip(0.1)
+    if rng.random() < cfg.censor_prob and observed.size:  # clip at a quantile (e.g. demand capped at stock)
+        q = np.quantile(observed, rng.uniform(0.05, 0.3) if rng.random() < 0.5 else rng.uniform(0.7, 0.95))
+        x = np.maximum(x, q) if q <= np.median(observed) else np.minimum(x, q)
+    if rng.random() < cfg.spike_prob and observed.size:
+        k = rng.integers(1, 4)
+        idx = rng.integers(0, n, size=k)
+        spread = np.nanstd(observed) or 1.0
+        x[idx] += rng.choice([-1, 1], size=k) * rng.uniform(3, 8, size=k) * spread
+    if rng.random() < cfg.missing_prob:
+        start = rng.integers(0, n)
+        x[start : start + rng.integers(1, max(2, n // 8))] = np.nan
+    return x

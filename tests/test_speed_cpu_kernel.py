@@ -1,0 +1,180 @@
+"""The compiled CPU sLSTM kernel and the no-grad fast path agree with the torch loop, and fall back cleanly."""
+
+import warnings
+
+import pytest
+import torch
+
+from tirex import _cpu_kernel, backends
+from tirex.config import ModelConfig
+from tirex.model import TiRexModel
+from tirex.slstm import SLSTMState, slstm_recurrence
+
+needs_kernel = pytest.mark.skipif(_cpu_kernel.load() is None, reason=f"CPU kernel unavailable: {_cpu_kernel.error()}")
+
+
+def _inputs(heads, batch, steps, dh, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    wx = torch.randn(heads, batch, steps, 4 * dh, generator=g) * 1.5
+    r = torch.randn(heads, dh, 4 * dh, generator=g) * (0.5 / dh**0.5)
+    b = torch.randn(heads, 4 * dh, generator=g)
+    return wx, r, b
+
+
+SHAPES = [(4, 1, 64, 128), (4, 13, 17, 128), (2, 5, 9, 32), (1, 8, 3, 64), (3, 2, 4, 8)]
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", SHAPES)
+def test_float32_recurrence_matches_torch_loop(shape):
+    wx, r, b = _inputs(*shape)
+    y_ref, s_ref = slstm_recurrence(wx, r, b, None, False, "torch")
+    y, s = slstm_recurrence(wx, r, b, None, False, "cpu")
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    for a, c in zip(s, s_ref):
+        torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
+    # a continued stream starts from the given state (no first-step stabiliser reset)
+    y2_ref, _ = slstm_recurrence(wx, r, b, s_ref, False, "torch")
+    y2, _ = slstm_recurrence(wx, r, b, s_ref, False, "cpu")
+    torch.testing.assert_close(y2, y2_ref, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", SHAPES)
+def test_bf16_recurrence_matches_torch_loop_up_to_rounding_flips(shape):
+    """Identical op sequence: only rare one-ulp bfloat16 flips (from float32 summation order) may differ."""
+    wx, r, b = _inputs(*shape, seed=3)
+    y_ref, s_ref = slstm_recurrence(wx, r, b, None, True, "torch")
+    y, s = slstm_recurrence(wx, r, b, None, True, "cpu")
+    assert (y == y_ref).float().mean() > 0.98
+    assert (y - y_ref).abs().mean() < 1e-3
+    assert torch.equal(y, y.to(torch.bfloat16).float()), "outputs must be bfloat16 values"
+    assert torch.equal(s.m, s.m.to(torch.bfloat16).float())
+
+
+@needs_kernel
+def test_bf16_kernel_is_exact_on_a_small_case():
+    """Small sums have no float32 reordering error: the kernel then reproduces the loop bit for bit."""
+    wx, r, b = _inputs(4, 3, 20, 8, seed=5)
+    y_ref, s_ref = slstm_recurrence(wx, r, b, None, True, "torch")
+    y, s = slstm_recurrence(wx, r, b, None, True, "cpu")
+    assert torch.equal(y, y_ref)
+    for a, c in zip(s, s_ref):
+        assert torch.equal(a, c)
+
+
+@needs_kernel
+def test_grad_mode_uses_the_differentiable_torch_loop():
+    wx, r, b = _inputs(2, 2, 5, 8)
+    wx.requires_grad_(True)
+    y, _ = slstm_recurrence(wx, r, b, None, False, "auto")
+    y.sum().backward()
+    assert wx.grad is not None and torch.isfinite(wx.grad).all()
+
+
+def test_disabled_kernel_falls_back_with_one_warning(monkeypatch):
+    monkeypatch.setattr(_cpu_kernel, "_library", None)
+    monkeypatch.setattr(_cpu_kernel, "_error", None)
+    monkeypatch.setenv("TIREX_CPU_KERNEL", "0")
+    backends._warned.clear()
+    wx, r, b = _inputs(2, 2, 5, 8)
+    with pytest.warns(RuntimeWarning, match="TIREX_CPU_KERNEL=0"):
+        y, _ = slstm_recurrence(wx, r, b, None, True, "auto")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y2, _ = slstm_recurrence(wx, r, b, None, True, "auto")
+    ref, _ = slstm_recurrence(wx, r, b, None, True, "torch")
+    assert torch.equal(y, ref) and torch.equal(y2, ref)
+
+
+def test_failed_build_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setattr(_cpu_kernel, "_library", None)
+    monkeypatch.setattr(_cpu_kernel, "_error", None)
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("TIREX_CACHE_DIR", str(tmp_path))
+    backends._warned.clear()
+    wx, r, b = _inputs(2, 2, 5, 8)
+    with pytest.warns(RuntimeWarning, match="falling back"):
+        slstm_recurrence(wx, r, b, None, True, "auto")
+    assert _cpu_kernel.error()
+
+
+def test_unknown_backend_is_rejected():
+    model = TiRexModel(ModelConfig(embed_dim=32, num_heads=4, num_blocks=1, input_ff_dim=64, context_length=128))
+    with pytest.raises(ValueError, match="choose one of"):
+        model.set_backend("tpu")
+
+
+def _small_model(seed=0):
+    torch.manual_seed(seed)
+    model = TiRexModel(ModelConfig(embed_dim=64, num_heads=4, num_blocks=2, input_ff_dim=128, context_length=256))
+    with torch.no_grad():
+        for block in model.blocks:
+            block.slstm.recurrent.normal_(0, 0.1)
+            block.slstm.bias.normal_(0, 0.5)
+    return model.eval()
+
+
+def test_no_grad_fast_path_matches_training_path():
+    """forward() under no_grad (chunked, in place, compiled kernel) equals the autograd path."""
+    model = _small_model()
+    model.set_recurrence_dtype("float32")
+    tokens = torch.randn(3, 8, 64)
+    with torch.no_grad():
+        fast = model(tokens)
+    slow = model(tokens).detach()
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        last = model(tokens, last_tokens=2)
+    torch.testing.assert_close(last, fast[:, -2:])
+
+
+def test_fast_mode_is_close_and_reversible():
+    model = _small_model()
+    ctx = torch.randn(4, 300).cumsum(-1)
+    q_exact, _ = model.forecast(ctx, prediction_length=40, output_type="torch")
+    model.set_fast_mode(True)
+    q_fast, _ = model.forecast(ctx, prediction_length=40, output_type="torch")
+    model.set_fast_mode(False)
+    q_again, _ = model.forecast(ctx, prediction_length=40, output_type="torch")
+    scale = ctx[:, -256:].std(dim=1).view(-1, 1, 1)
+    err = ((q_fast - q_exact).abs() / scale)
+    assert 0 < err.mean() < 2e-2
+    torch.testing.assert_close(q_again, q_exact)
+
+
+def test_stacked_rollout_passes_equal_sequential_passes(monkeypatch):
+    """Passes that read no prediction run as one stacked batch; results match one pass at a time."""
+    import tirex.model as model_module
+
+    model = _small_model()
+    model.set_recurrence_dtype("float32")
+    ctx = torch.randn(3, 300).cumsum(-1)
+    stacked = model.rollout(ctx, prediction_length=150, rollout_steps=1)  # 5 passes, the last 1 fills in
+    monkeypatch.setattr(model_module, "STACKED_ROWS", 1)
+    sequential = model.rollout(ctx, prediction_length=150, rollout_steps=1)
+    torch.testing.assert_close(stacked, sequential, atol=1e-4, rtol=1e-4)
+    assert model._independent_passes(0, 1, 5, 1, 4, 3) == [0]  # STACKED_ROWS = 1: no stacking
+    monkeypatch.setattr(model_module, "STACKED_ROWS", 128)
+    assert model._independent_passes(0, 1, 5, 1, 4, 3) == [0, 1, 2, 3, 4]
+    assert model._independent_passes(0, 1, 5, 1, 2, 3) == [0, 1, 2]  # from pass 3 on predictions are filled in
+    assert model._independent_passes(0, 2, 5, 2, None, 3) == [0, 2]  # the last pass predicts 1 patch, not 2
+
+
+def test_small_forward_runs_single_threaded_and_restores_threads(monkeypatch):
+    from tirex import inference
+
+    model = _small_model()
+    seen = []
+    original = inference.residual_block
+    monkeypatch.setattr(inference, "residual_block", lambda *a: seen.append(torch.get_num_threads()) or original(*a))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            model(torch.randn(1, 8, 64))  # 8 token rows: small
+            model(torch.randn(inference.SMALL_ROWS // 8, 8, 64))  # SMALL_ROWS rows: not small
+        assert seen == [1, 1, 2, 2]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

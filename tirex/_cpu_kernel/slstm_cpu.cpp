@@ -1,0 +1,318 @@
+// The sLSTM recurrence on CPU: every time step of one layer in a single call.
+//
+// Plain C ABI (no torch headers) so that it compiles in about a second on first use; the Python side
+// (tirex/backends.py) passes raw float32 pointers of contiguous tensors.
+//
+// Work is split into independent items (head, block of batch rows): the recurrence never mixes
+// heads or batch rows, so each item runs all T steps without synchronising with the others.
+//
+// Numerics follow the reference's emulation of a bfloat16 kernel when BF16 is true: the input
+// pre-activations, the recurrent matmul result and the four states are rounded to bfloat16
+// (round-to-nearest-even on the float32 bits) at every step; everything else is float32 in the same
+// op order as the torch path. Compile with -ffp-contract=off so that the gate math is not fused
+// into FMAs the torch path does not use. The transcendental functions below are branch-free
+// polynomial versions (Cephes-style, about 1 ulp) so that the compiler vectorises the gate loop.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+namespace {
+
+inline float from_bits(uint32_t b) { float f; std::memcpy(&f, &b, 4); return f; }
+inline uint32_t to_bits(float f) { uint32_t b; std::memcpy(&b, &f, 4); return b; }
+
+// Nearest bfloat16 value (ties to even), as a float. NaN stays NaN.
+inline float round_bf16(float x) {
+  uint32_t b = to_bits(x);
+  uint32_t r = (b + 0x7FFFu + ((b >> 16) & 1u)) & 0xFFFF0000u;
+  return x != x ? x : from_bits(r);
+}
+
+template <bool BF16> inline float rnd(float x) { return BF16 ? round_bf16(x) : x; }
+
+inline float bf16_to_float(uint16_t b) { return from_bits(static_cast<uint32_t>(b) << 16); }
+inline uint16_t float_to_bf16(float x) { return static_cast<uint16_t>(to_bits(round_bf16(x)) >> 16); }
+
+// exp(x): Cody-Waite reduction, degree-6 polynomial, 2^n applied in two halves so that results
+// down to the subnormal range stay exact-ish. NaN propagates.
+inline float exp_f(float x) {
+  float xc = std::min(std::max(x, -103.0f), 88.72f);
+  float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+  float r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float r2 = r * r;
+  float p = (((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r +
+              1.6666665459e-1f) * r + 5.0000001201e-1f) * r2 + r + 1.0f;
+  int32_t ni = static_cast<int32_t>(n);
+  int32_t n1 = ni / 2;
+  int32_t n2 = ni - n1;
+  float s1 = from_bits(static_cast<uint32_t>(n1 + 127) << 23);
+  float s2 = from_bits(static_cast<uint32_t>(n2 + 127) << 23);
+  float out = p * s1 * s2;
+  return x != x ? x : out;
+}
+
+// log(1 + u) for u in [0, 1]: 1 + u = 2^e (1 + x) with |x| <= sqrt(2) - 1; e = 0 keeps x = u exactly.
+inline float log1p_unit(float u) {
+  bool big = u > 0.41421356f;
+  float x = big ? (u - 1.0f) * 0.5f : u;
+  float e = big ? 1.0f : 0.0f;
+  float z = x * x;
+  float y = ((((((((7.0376836292e-2f * x - 1.1514610310e-1f) * x + 1.1676998740e-1f) * x - 1.2420140846e-1f) * x +
+                 1.4249322787e-1f) * x - 1.6668057665e-1f) * x + 2.0000714765e-1f) * x - 2.4999993993e-1f) * x +
+            3.3333331174e-1f) * x * z;
+  y += -2.12194440e-4f * e;
+  y += -0.5f * z;
+  return x + y + 0.693359375f * e;
+}
+
+inline float logsigmoid_f(float x) { return std::min(x, 0.0f) - log1p_unit(exp_f(-std::fabs(x))); }
+inline float sigmoid_f(float x) { return 1.0f / (1.0f + exp_f(-x)); }
+
+inline float tanh_f(float x) {
+  float a = std::fabs(x);
+  float s = x * x;
+  float small = ((((-5.70498872745e-3f * s + 2.06390887954e-2f) * s - 5.37397155531e-2f) * s + 1.33314422036e-1f) * s -
+                 3.33332819422e-1f) * s * x + x;
+  float big = std::copysign(1.0f - 2.0f / (exp_f(2.0f * a) + 1.0f), x);
+  return a < 0.625f ? small : big;
+}
+
+// acc[RB][G] = y[RB][D] @ R[D][G], column blocks of CB kept in registers.
+template <int RB, int CB>
+inline void matmul_rows(const float* y, const float* R, float* acc, int D, int G) {
+  for (int j0 = 0; j0 < G; j0 += CB) {
+    float a[RB][CB] = {};
+    for (int k = 0; k < D; ++k) {
+      const float* r = R + static_cast<size_t>(k) * G + j0;
+      for (int bi = 0; bi < RB; ++bi) {
+        const float yv = y[bi * D + k];
+        for (int jj = 0; jj < CB; ++jj) a[bi][jj] = __builtin_fmaf(yv, r[jj], a[bi][jj]);
+      }
+    }
+    for (int bi = 0; bi < RB; ++bi)
+      for (int jj = 0; jj < CB; ++jj) acc[bi * G + j0 + jj] = a[bi][jj];
+  }
+}
+
+struct Problem {
+  const float* wx;    // (H, B, T, 4D), raw (rounded here); null when wx_bf16 is given
+  const uint16_t* wx_bf16;  // the same as bfloat16 bits (fast mode: the projection's bfloat16 output)
+  const float* R;     // (H, D, 4D), already rounded by the caller when BF16
+  const float* bias;  // (H, 4D)
+  float* state;       // (4, H, B, D): y, c, n, m; read at the start (unless fresh), written at the end
+  float* out;         // (B, T, H, D): y of every step, or the block output (see norm_w)
+  const float* norm_w;    // (H, D) or null: write residual + group_norm(y) * (1 + norm_w) instead of y
+  const float* residual;  // (B, T, H, D) or null: added to the normalised output
+  float eps;
+  int H, B, T, D;
+  bool fresh;         // state is zero and the first step initialises the stabiliser m with i~
+};
+
+// out = residual + ((y - mean) / sqrt(var + eps)) * (1 + w) over one head's D values (a per-head group norm).
+inline void group_norm_row(const float* y, const float* w, const float* residual, float* out, int D, float eps) {
+  float sum = 0.f;
+  for (int u = 0; u < D; ++u) sum += y[u];
+  const float mean = sum / D;
+  float sq = 0.f;
+  for (int u = 0; u < D; ++u) sq += (y[u] - mean) * (y[u] - mean);
+  const float rstd = 1.0f / std::sqrt(sq / D + eps);
+  for (int u = 0; u < D; ++u) {
+    const float v = ((y[u] - mean) * rstd) * (1.0f + w[u]);
+    out[u] = residual ? residual[u] + v : v;
+  }
+}
+
+// One item: head h, batch rows [b0, b1), all time steps.
+template <bool BF16>
+void run_item(const Problem& p, int h, int b0, int b1) {
+  const int D = p.D, G = 4 * D, nb = b1 - b0;
+  const size_t HBD = static_cast<size_t>(p.H) * p.B * D;
+  std::vector<float> y(nb * D), c(nb * D), n(nb * D), m(nb * D), acc(nb * G), wx_f(G);
+  for (int s = 0; s < 4 && !p.fresh; ++s) {  // a fresh sequence starts from zeros (vectors are zeroed)
+    float* dst = s == 0 ? y.data() : s == 1 ? c.data() : s == 2 ? n.data() : m.data();
+    std::memcpy(dst, p.state + s * HBD + (static_cast<size_t>(h) * p.B + b0) * D, sizeof(float) * nb * D);
+  }
+  const float* R = p.R + static_cast<size_t>(h) * D * G;
+  const float* bias = p.bias + static_cast<size_t>(h) * G;
+  for (int t = 0; t < p.T; ++t) {
+    int bi = 0;
+    if (G % 64 == 0) {
+      for (; bi + 4 <= nb; bi += 4) matmul_rows<4, 64>(y.data() + bi * D, R, acc.data() + bi * G, D, G);
+      for (; bi < nb; ++bi) matmul_rows<1, 64>(y.data() + bi * D, R, acc.data() + bi * G, D, G);
+    } else {
+      for (; bi + 4 <= nb; bi += 4) matmul_rows<4, 32>(y.data() + bi * D, R, acc.data() + bi * G, D, G);
+      for (; bi < nb; ++bi) matmul_rows<1, 32>(y.data() + bi * D, R, acc.data() + bi * G, D, G);
+    }
+    const bool first = p.fresh && t == 0;
+    for (bi = 0; bi < nb; ++bi) {
+      const int b = b0 + bi;
+      const size_t wx_row = ((static_cast<size_t>(h) * p.B + b) * p.T + t) * G;
+      if (p.wx_bf16) {  // widen once; bfloat16 values are already rounded
+        for (int j = 0; j < G; ++j) wx_f[j] = bf16_to_float(p.wx_bf16[wx_row + j]);
+      }
+      const float* wx = p.wx_bf16 ? wx_f.data() : p.wx + wx_row;
+      const float* ry = acc.data() + bi * G;
+      float* yb = y.data() + bi * D;
+      float* cb = c.data() + bi * D;
+      float* nbv = n.data() + bi * D;
+      float* mb = m.data() + bi * D;
+      float* out = p.out + ((static_cast<size_t>(b) * p.T + t) * p.H + h) * D;
+#pragma omp simd
+      for (int u = 0; u < D; ++u) {
+        const float ip = rnd<BF16>(wx[u]) + rnd<BF16>(ry[u]) + bias[u];
+        const float fp = rnd<BF16>(wx[D + u]) + rnd<BF16>(ry[D + u]) + bias[D + u];
+        const float zp = rnd<BF16>(wx[2 * D + u]) + rnd<BF16>(ry[2 * D + u]) + bias[2 * D + u];
+        const float op = rnd<BF16>(wx[3 * D + u]) + rnd<BF16>(ry[3 * D + u]) + bias[3 * D + u];
+        const float log_f = mb[u] + logsigmoid_f(std::min(fp, 15.0f));
+        const float m_new = first ? ip : std::max(ip, log_f);
+        // One of ip - m_new, log_f - m_new is exactly 0 (its gate is exp(0) = 1; at the first step that is
+        // the input gate), so a single exp of their sum serves both gates.
+        const float di = ip - m_new, df = log_f - m_new;
+        const float e = std::min(exp_f(di + df), 1.0f);
+        const float ig = di == 0.0f ? 1.0f : e;
+        const float fg = di == 0.0f ? e : 1.0f;
+        const float c_new = fg * cb[u] + ig * tanh_f(zp);
+        const float n_new = fg * nbv[u] + ig;
+        const float y_new = sigmoid_f(op) * c_new / n_new;
+        yb[u] = rnd<BF16>(y_new);
+        cb[u] = rnd<BF16>(c_new);
+        nbv[u] = rnd<BF16>(n_new);
+        mb[u] = rnd<BF16>(m_new);
+        out[u] = yb[u];
+      }
+      if (p.norm_w) {
+        const size_t off = ((static_cast<size_t>(b) * p.T + t) * p.H + h) * D;
+        group_norm_row(yb, p.norm_w + static_cast<size_t>(h) * D, p.residual ? p.residual + off : nullptr, out, D,
+                       p.eps);
+      }
+    }
+  }
+  for (int s = 0; s < 4; ++s) {
+    const float* src = s == 0 ? y.data() : s == 1 ? c.data() : s == 2 ? n.data() : m.data();
+    std::memcpy(p.state + s * HBD + (static_cast<size_t>(h) * p.B + b0) * D, src, sizeof(float) * nb * D);
+  }
+}
+
+// fn(begin, end) over [0, n) in blocks of `grain`, handed out dynamically to up to num_threads threads.
+template <class F>
+void parallel_for(int n, int grain, int num_threads, F fn) {
+  const int blocks = (n + grain - 1) / grain;  // callers pick grains of ~0.1 ms or more
+  const int workers = std::max(1, std::min(num_threads, blocks));
+  std::atomic<int> next{0};
+  auto work = [&]() {
+    for (int i = next++; i < blocks; i = next++) fn(i * grain, std::min(n, (i + 1) * grain));
+  };
+  std::vector<std::thread> threads;
+  for (int w = 1; w < workers; ++w) threads.emplace_back(work);
+  work();
+  for (auto& th : threads) th.join();
+}
+
+}  // namespace
+
+extern "C" {
+
+// out = x * rsqrt(mean(x^2) + eps) * w, row by row. x: (rows, dim); out: float32, or bfloat16 bits
+// (rounded to nearest even) when out_bf16 is set (the fast mode's matmul input). With heads > 1 the
+// output is head-major, (heads, rows, dim / heads): the layout of the head-wise input projection.
+void tirex_rms_norm(const float* x, const float* w, void* out, int rows, int dim, float eps, int out_bf16, int heads,
+                    int num_threads) {
+  const int hd = dim / heads;
+  parallel_for(rows, 64, num_threads, [&](int r0, int r1) {
+    for (int r = r0; r < r1; ++r) {
+      const float* xr = x + static_cast<size_t>(r) * dim;
+      float sq = 0.f;
+#pragma omp simd reduction(+ : sq)
+      for (int j = 0; j < dim; ++j) sq += xr[j] * xr[j];
+      const float inv = 1.0f / std::sqrt(sq / dim + eps);
+      for (int h = 0; h < heads; ++h) {
+        const size_t dst = (static_cast<size_t>(h) * rows + r) * hd;
+        const float* xh = xr + h * hd;
+        const float* wh = w + h * hd;
+        if (out_bf16) {
+          uint16_t* o = static_cast<uint16_t*>(out) + dst;
+#pragma omp simd
+          for (int j = 0; j < hd; ++j) o[j] = float_to_bf16((xh[j] * inv) * wh[j]);
+        } else {
+          float* o = static_cast<float*>(out) + dst;
+#pragma omp simd
+          for (int j = 0; j < hd; ++j) o[j] = (xh[j] * inv) * wh[j];
+        }
+      }
+    }
+  });
+}
+
+// bfloat16 variant for the fast mode: out = bf16(silu(gate) * up), all bfloat16 bits; out may be gate.
+void tirex_silu_mul_bf16(const uint16_t* gate, const uint16_t* up, uint16_t* out, long n, int num_threads) {
+  const int grain = 1 << 15;
+  const int blocks = static_cast<int>((n + grain - 1) / grain);
+  parallel_for(blocks, 1, num_threads, [&](int b0, int b1) {
+    const long end = std::min<long>(n, static_cast<long>(b1) * grain);
+#pragma omp simd
+    for (long j = static_cast<long>(b0) * grain; j < end; ++j) {
+      const float g = bf16_to_float(gate[j]);
+      out[j] = float_to_bf16((g / (1.0f + exp_f(-g))) * bf16_to_float(up[j]));
+    }
+  });
+}
+
+// x += float(y) for y in bfloat16 bits (the fast mode's residual add), n elements.
+void tirex_add_bf16(float* x, const uint16_t* y, long n, int num_threads) {
+  const int grain = 1 << 15;
+  const int blocks = static_cast<int>((n + grain - 1) / grain);
+  parallel_for(blocks, 1, num_threads, [&](int b0, int b1) {
+    const long end = std::min<long>(n, static_cast<long>(b1) * grain);
+#pragma omp simd
+    for (long j = static_cast<long>(b0) * grain; j < end; ++j) x[j] += bf16_to_float(y[j]);
+  });
+}
+
+// out = silu(gate) * up, all (rows, hidden); out may be gate itself.
+void tirex_silu_mul(const float* gate, const float* up, float* out, int rows, int hidden, int num_threads) {
+  parallel_for(rows, 32, num_threads, [&](int r0, int r1) {
+    const size_t begin = static_cast<size_t>(r0) * hidden, end = static_cast<size_t>(r1) * hidden;
+#pragma omp simd
+    for (size_t j = begin; j < end; ++j) out[j] = (gate[j] / (1.0f + exp_f(-gate[j]))) * up[j];
+  });
+}
+
+// With norm_w non-null the output is residual + group_norm(y) * (1 + norm_w) (residual may be null).
+// wx is float32, or bfloat16 bits when wx_is_bf16 is set.
+int tirex_slstm_forward(const void* wx, int wx_is_bf16, const float* R, const float* bias, float* state, float* out,
+                        const float* norm_w, const float* residual, float eps, int H, int B, int T, int D, int fresh,
+                        int bf16, int num_threads) {
+  if (D % 8 != 0 || H <= 0 || B <= 0 || T <= 0) return 1;
+  Problem p{wx_is_bf16 ? nullptr : static_cast<const float*>(wx),
+            wx_is_bf16 ? static_cast<const uint16_t*>(wx) : nullptr,
+            R, bias, state, out, norm_w, residual, eps, H, B, T, D, fresh != 0};
+  const int rows = 8;  // batch rows per item: a multiple of the 4-row matmul block
+  std::vector<std::pair<int, int>> items;  // (head, first row)
+  for (int h = 0; h < H; ++h)
+    for (int b0 = 0; b0 < B; b0 += rows) items.emplace_back(h, b0);
+  // Below ~100M multiply-adds (about a millisecond) a second thread costs more than it saves: on a busy
+  // machine its start alone can wait a whole scheduler time slice.
+  const double multiply_adds = static_cast<double>(H) * B * T * D * 4.0 * D;
+  const int wanted = multiply_adds < 1e8 ? 1 : num_threads;
+  const int workers = std::max(1, std::min<int>(wanted, static_cast<int>(items.size())));
+  std::atomic<size_t> next{0};  // dynamic hand-out: a thread slowed by other load simply takes fewer items
+  auto work = [&](int) {
+    for (size_t i = next++; i < items.size(); i = next++) {
+      const int h = items[i].first, b0 = items[i].second, b1 = std::min(B, b0 + rows);
+      if (bf16) run_item<true>(p, h, b0, b1); else run_item<false>(p, h, b0, b1);
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int w = 1; w < workers; ++w) threads.emplace_back(work, w);
+  work(0);
+  for (auto& th : threads) th.join();
+  return 0;
+}
+
+}  // extern "C"

@@ -1,0 +1,100 @@
+"""Which implementation runs the sLSTM recurrence: the torch loop, the compiled CPU kernel or the CUDA kernels.
+
+Backends:
+    "auto"  (default) the fastest that works for the tensors at hand: the fused CUDA kernels on CUDA
+            devices of compute capability >= 8.0, the compiled C++ kernel on CPU, else the torch loop.
+    "torch" the step-by-step torch loop (``tirex.slstm.slstm_recurrence_torch``); always works.
+    "cpu"   the compiled C++ kernel (``tirex/_cpu_kernel``) for CPU tensors; inference only.
+    "cuda"  the fused CUDA kernels (``cuda/``, package ``tirex_cuda``) for CUDA tensors, forward and backward.
+
+A backend that cannot run (no compiler, no GPU, an old GPU, a failed build) falls back to the torch
+loop with one warning naming the reason; results are the same up to float32 rounding noise.
+
+Example:
+    >>> import tirex.backends as backends
+    >>> backends.set_default_backend("torch")   # or model.set_backend("torch") for one model
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+BACKENDS = ("auto", "torch", "cpu", "cuda")
+_default_backend = "auto"
+_warned: set[str] = set()
+
+
+def check_backend(name: str) -> str:
+    """Validate a backend name (raises ``ValueError`` listing the valid ones)."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown sLSTM backend {name!r}; choose one of {BACKENDS}")
+    return name
+
+
+def set_default_backend(name: str) -> None:
+    """What layers whose own backend is "auto" use (itself "auto" by default: pick per device)."""
+    global _default_backend
+    _default_backend = check_backend(name)
+
+
+def default_backend() -> str:
+    return _default_backend
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def _cpu_kernel():
+    from . import _cpu_kernel
+
+    lib = _cpu_kernel.load()
+    return lib, _cpu_kernel.error()
+
+
+def cuda_unsupported_reason(device: torch.device) -> str | None:
+    """Why the CUDA kernels cannot run on ``device`` (None if they can)."""
+    if not torch.cuda.is_available():
+        return "CUDA is not available (no GPU or a CPU-only torch build)"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        return f"GPU compute capability {major}.{minor} < 8.0 (the kernels need bfloat16 support: Ampere or newer)"
+    from .cuda_backend import load_extension, build_error
+
+    if load_extension() is None:
+        return f"building the CUDA kernels failed: {build_error()}"
+    return None
+
+
+def resolve(backend: str, wx: torch.Tensor) -> str:
+    """The backend that will actually run for input pre-activations ``wx`` ("torch", "cpu" or "cuda")."""
+    backend = check_backend(backend)
+    if backend == "auto":
+        backend = _default_backend
+    if backend == "torch":
+        return "torch"
+    if wx.device.type == "cuda":
+        if backend == "cpu":
+            _warn_once("cpu-on-cuda", "sLSTM backend 'cpu' was requested for CUDA tensors; using the torch loop")
+            return "torch"
+        reason = cuda_unsupported_reason(wx.device)
+        if reason is None:
+            return "cuda"
+        _warn_once("cuda:" + reason, f"sLSTM CUDA kernels unavailable ({reason}); falling back to the torch loop")
+        return "torch"
+    if wx.device.type == "cpu":
+        if backend == "cuda":
+            hint = "move the model with model.to('cuda')" if torch.cuda.is_available() else "CUDA is not available here"
+            _warn_once("cuda-on-cpu", f"sLSTM backend 'cuda' was requested for CPU tensors ({hint}); using the CPU path")
+        if torch.is_grad_enabled() and wx.requires_grad:
+            return "torch"  # the CPU kernel has no backward; autograd runs through the torch loop
+        lib, error = _cpu_kernel()
+        if lib is not None:
+            return "cpu"
+        _warn_once("cpu:" + str(error), f"compiled CPU sLSTM kernel unavailable ({error}); falling back to the "
+                   "(slower) torch loop")
+    return "torch"

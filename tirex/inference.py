@@ -1,0 +1,160 @@
+"""The no-grad fast path around the recurrence: fused norms, in-place chunked feed-forward, bfloat16 option.
+
+Training runs the plain modules (autograd). At inference the same maths runs with fewer, larger
+ops: RMSNorm and the SwiGLU activation are single passes of the compiled CPU helpers
+(``tirex/_cpu_kernel``; torch ops elsewhere), the feed-forward adds into the residual stream in place
+(inside the down-projection matmul), and rows are processed in chunks so that temporaries stay
+bounded for large batches. Results equal the plain modules' up to float32 rounding order.
+
+``matmul_dtype=torch.bfloat16`` is the opt-in fast mode (``TiRexModel.set_fast_mode``): the weight
+matmuls outside the recurrence take bfloat16 operands (float32 accumulation); norms, residual sums
+and the bfloat16-emulating recurrence are unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROWS_PER_CHUNK = 2048  # few, large ops: smaller chunks lose more to thread synchronisation than they gain in cache
+SMALL_ROWS = 512  # token rows (batch x tokens) below which a forward runs on one thread
+
+
+@contextlib.contextmanager
+def single_thread_if_small(tokens: torch.Tensor, enabled: bool = True):
+    """Run a small CPU forward (fewer than SMALL_ROWS token rows) on one intra-op thread.
+
+    Its matmuls take well under a millisecond; splitting them over threads saves little on an idle
+    machine and costs a scheduler time slice per op when another process holds a core (batch 1:
+    0.25 s with two threads against 0.09 s with one on this project's shared 2-core machines).
+    ``torch.set_num_threads`` is process-wide: a forecast running concurrently in another Python
+    thread sees one thread meanwhile.
+    """
+    rows = tokens.shape[0] * tokens.shape[1] if tokens.dim() >= 2 else 0
+    threads = torch.get_num_threads()
+    if not enabled or tokens.device.type != "cpu" or rows >= SMALL_ROWS or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def cast_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``weight`` in ``dtype``, cached on the tensor until it is modified (fine-tuning invalidates it)."""
+    if weight.dtype == dtype:
+        return weight
+    key = (dtype, weight._version, weight.data_ptr(), weight.device)
+    cached = getattr(weight, "_tirex_cast", None)
+    if cached is None or cached[0] != key:
+        cached = (key, weight.detach().to(dtype))
+        weight._tirex_cast = cached  # plain attribute: not part of the state dict
+    return cached[1]
+
+
+def linear(x: torch.Tensor, layer: nn.Linear, dtype: torch.dtype) -> torch.Tensor:
+    """``layer(x)`` with matmul operands in ``dtype``; float32 result."""
+    if dtype == torch.float32:
+        return F.linear(x, layer.weight, layer.bias)
+    out = F.linear(x.to(dtype), cast_weight(layer.weight, dtype))
+    out = out.float()
+    return out if layer.bias is None else out.add_(layer.bias)
+
+
+_heap_tuned = False
+
+
+def _return_large_blocks_to_the_os() -> None:
+    """Serve allocations of 1 MiB and more with mmap, so that freed activations go back to the OS.
+
+    glibc otherwise raises its mmap threshold after the first large free and keeps later large
+    blocks on the heap: a forecast then holds on to ~200 MB of freed activations (peak RSS 745 MB
+    instead of 527 MB at the published size, batch 32), with no measurable speed difference.
+    Linux/glibc only; set ``TIREX_MALLOC_TUNING=0`` to leave the allocator alone.
+    """
+    global _heap_tuned
+    if _heap_tuned:
+        return
+    _heap_tuned = True
+    if os.environ.get("TIREX_MALLOC_TUNING", "1").lower() in ("0", "false", "no", "off"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc
+
+
+def _kernels(x: torch.Tensor):
+    """The compiled CPU helpers if they apply to ``x`` (float32 on CPU), else None."""
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        return None
+    from . import _cpu_kernel
+
+    _return_large_blocks_to_the_os()
+    return _cpu_kernel.load()
+
+
+def rms_norm(x: torch.Tensor, norm: nn.Module, out_dtype: torch.dtype = torch.float32, heads: int = 1) -> torch.Tensor:
+    """Same formula as ``tirex.layers.RMSNorm``, in one pass over x, returned in ``out_dtype``.
+
+    x: (..., dim) float32. With ``heads`` > 1 the result is head-major, (heads, rows, dim / heads),
+    ready for the head-wise input projection (rows = all leading dimensions of x flattened).
+    """
+    lib = _kernels(x)
+    dim = x.shape[-1]
+    rows = x.numel() // dim
+    if lib is None or out_dtype not in (torch.float32, torch.bfloat16):
+        out = F.rms_norm(x, (dim,), norm.weight, norm.eps).to(out_dtype)
+        return out if heads == 1 else out.reshape(rows, heads, dim // heads).transpose(0, 1).contiguous()
+    x = x.contiguous()
+    out = torch.empty(x.shape if heads == 1 else (heads, rows, dim // heads), dtype=out_dtype)
+    weight = norm.weight.detach().float().contiguous()
+    lib.tirex_rms_norm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), rows, dim, norm.eps,
+                       int(out_dtype == torch.bfloat16), heads, torch.get_num_threads())
+    return out
+
+
+def ffn_residual_(h: torch.Tensor, norm: nn.Module, ffn: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """``h += ffn(norm(h))`` in place, chunk by chunk of rows. h: (..., embed) contiguous float32."""
+    flat = h.view(-1, h.shape[-1])
+    lib = _kernels(h)
+    threads = torch.get_num_threads()
+    for rows in flat.split(ROWS_PER_CHUNK):
+        if lib is not None and dtype == torch.bfloat16:  # fast mode: bfloat16 end to end, no conversions
+            x = rms_norm(rows, norm, dtype)
+            gate = F.linear(x, cast_weight(ffn.gate.weight, dtype))
+            up = F.linear(x, cast_weight(ffn.up.weight, dtype))
+            lib.tirex_silu_mul_bf16(gate.data_ptr(), up.data_ptr(), gate.data_ptr(), gate.numel(), threads)
+            down = F.linear(gate, cast_weight(ffn.down.weight, dtype))
+            lib.tirex_add_bf16(rows.data_ptr(), down.data_ptr(), rows.numel(), threads)
+            continue
+        x = rms_norm(rows, norm)
+        gate, up = linear(x, ffn.gate, dtype), linear(x, ffn.up, dtype)
+        if lib is None:
+            gate = F.silu(gate, inplace=True).mul_(up)
+        else:  # one pass instead of two
+            lib.tirex_silu_mul(gate.data_ptr(), up.data_ptr(), gate.data_ptr(), gate.shape[0], gate.shape[1], threads)
+        if dtype == torch.float32:
+            rows.addmm_(gate, ffn.down.weight.t())  # the residual add happens inside the matmul
+        else:
+            rows.add_(linear(gate, ffn.down, dtype))
+    return h
+
+
+def residual_block(u: torch.Tensor, block: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """``tirex.layers.ResidualBlock`` forward, chunk by chunk of rows. u: (..., in)."""
+    flat = u.reshape(-1, u.shape[-1])
+    out = torch.empty(flat.shape[0], block.output.out_features, device=u.device)
+    for rows, dst in zip(flat.split(ROWS_PER_CHUNK), out.split(ROWS_PER_CHUNK)):
+        hidden = F.relu(linear(rows, block.hidden, dtype), inplace=True)
+        torch.add(linear(hidden, block.output, dtype), linear(rows, block.residual, dtype), out=dst)
+    return out.view(*u.shape[:-1], -1)
