@@ -58,6 +58,8 @@ def default_name(model: str | None) -> str:
     published model of the same name on the leaderboard."""
     if model and model.lower().replace("-", "_") in BASELINES:
         return model.lower().replace("-", "_")
+    if model and model.lower().replace("-", "_") in ("fracast", "fracast_0"):
+        return "fracast_0"
     if not model:
         return "tirex-default-ours"
     path = Path(model.rstrip("/"))

@@ -235,6 +235,10 @@ def make_forecaster(spec, batch_size: int = 256, name: str | None = None) -> For
     """
     if isinstance(spec, str) and spec.lower().replace("-", "_") in BASELINES:
         return StatsForecaster(spec.lower().replace("-", "_"))
+    if isinstance(spec, str) and spec.lower().replace("-", "_") in ("fracast", "fracast_0"):
+        from .fracast_adapter import FracastForecaster
+
+        return FracastForecaster(batch_size=batch_size, name=name or "fracast_0")
     if hasattr(spec, "predict_quantiles"):
         return spec
     if hasattr(spec, "forecast"):

@@ -5,12 +5,12 @@ import warnings
 import pytest
 import torch
 
-from tirex import _cpu_kernel, backends
+from tirex import backends, cpu_kernel
 from tirex.config import ModelConfig
 from tirex.model import TiRexModel
 from tirex.slstm import SLSTMState, slstm_recurrence
 
-needs_kernel = pytest.mark.skipif(_cpu_kernel.load() is None, reason=f"CPU kernel unavailable: {_cpu_kernel.error()}")
+needs_kernel = pytest.mark.skipif(cpu_kernel.load() is None, reason=f"CPU kernel unavailable: {cpu_kernel.error()}")
 
 
 def _inputs(heads, batch, steps, dh, seed=0):
@@ -73,8 +73,8 @@ def test_grad_mode_uses_the_differentiable_torch_loop():
 
 
 def test_disabled_kernel_falls_back_with_one_warning(monkeypatch):
-    monkeypatch.setattr(_cpu_kernel, "_library", None)
-    monkeypatch.setattr(_cpu_kernel, "_error", None)
+    monkeypatch.setattr(cpu_kernel, "_library", None)
+    monkeypatch.setattr(cpu_kernel, "_error", None)
     monkeypatch.setenv("TIREX_CPU_KERNEL", "0")
     backends._warned.clear()
     wx, r, b = _inputs(2, 2, 5, 8)
@@ -88,15 +88,15 @@ def test_disabled_kernel_falls_back_with_one_warning(monkeypatch):
 
 
 def test_failed_build_falls_back(monkeypatch, tmp_path):
-    monkeypatch.setattr(_cpu_kernel, "_library", None)
-    monkeypatch.setattr(_cpu_kernel, "_error", None)
+    monkeypatch.setattr(cpu_kernel, "_library", None)
+    monkeypatch.setattr(cpu_kernel, "_error", None)
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("TIREX_CACHE_DIR", str(tmp_path))
     backends._warned.clear()
     wx, r, b = _inputs(2, 2, 5, 8)
     with pytest.warns(RuntimeWarning, match="falling back"):
         slstm_recurrence(wx, r, b, None, True, "auto")
-    assert _cpu_kernel.error()
+    assert cpu_kernel.error()
 
 
 def test_unknown_backend_is_rejected():
@@ -178,3 +178,14 @@ def test_small_forward_runs_single_threaded_and_restores_threads(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_missing_kernel_source_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setattr(cpu_kernel, "_library", None)
+    monkeypatch.setattr(cpu_kernel, "_error", None)
+    monkeypatch.setattr(cpu_kernel, "SOURCE", tmp_path / "absent.cpp")
+    backends._warned.clear()
+    wx, r, b = _inputs(2, 2, 5, 8)
+    with pytest.warns(RuntimeWarning, match="missing from this installation"):
+        y, _ = slstm_recurrence(wx, r, b, None, True, "auto")
+    assert torch.equal(y, slstm_recurrence(wx, r, b, None, True, "torch")[0])

@@ -4,7 +4,7 @@ Backends:
     "auto"  (default) the fastest that works for the tensors at hand: the fused CUDA kernels on CUDA
             devices of compute capability >= 8.0, the compiled C++ kernel on CPU, else the torch loop.
     "torch" the step-by-step torch loop (``tirex.slstm.slstm_recurrence_torch``); always works.
-    "cpu"   the compiled C++ kernel (``tirex/_cpu_kernel``) for CPU tensors; inference only.
+    "cpu"   the compiled C++ kernel (``tirex.cpu_kernel``) for CPU tensors; inference only.
     "cuda"  the fused CUDA kernels (``cuda/``, package ``tirex_cuda``) for CUDA tensors, forward and backward.
 
 A backend that cannot run (no compiler, no GPU, an old GPU, a failed build) falls back to the torch
@@ -49,11 +49,11 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
-def _cpu_kernel():
-    from . import _cpu_kernel
+def _load_cpu_kernel():
+    from . import cpu_kernel
 
-    lib = _cpu_kernel.load()
-    return lib, _cpu_kernel.error()
+    lib = cpu_kernel.load()
+    return lib, cpu_kernel.error()
 
 
 def cuda_unsupported_reason(device: torch.device) -> str | None:
@@ -92,7 +92,7 @@ def resolve(backend: str, wx: torch.Tensor) -> str:
             _warn_once("cuda-on-cpu", f"sLSTM backend 'cuda' was requested for CPU tensors ({hint}); using the CPU path")
         if torch.is_grad_enabled() and wx.requires_grad:
             return "torch"  # the CPU kernel has no backward; autograd runs through the torch loop
-        lib, error = _cpu_kernel()
+        lib, error = _load_cpu_kernel()
         if lib is not None:
             return "cpu"
         _warn_once("cpu:" + str(error), f"compiled CPU sLSTM kernel unavailable ({error}); falling back to the "

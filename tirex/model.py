@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -61,7 +62,7 @@ class TiRexModel(nn.Module):
         fast = not torch.is_grad_enabled()  # no-grad: chunked, in-place feed-forward parts (tirex.inference)
         dtype = self.blocks[0].slstm.matmul_dtype if len(self.blocks) else torch.float32
         # a small no-grad forward on CPU runs on one thread (see tirex.inference.single_thread_if_small)
-        with inference.single_thread_if_small(tokens, fast):
+        with inference.single_thread_if_small(tokens, fast), inference.workspace() if fast else nullcontext():
             h = inference.residual_block(tokens, self.patch_embedding, dtype) if fast else self.patch_embedding(tokens)
             new_states = []
             for i, block in enumerate(self.blocks):

@@ -10,7 +10,7 @@ rounded to bfloat16 at every step, everything else runs in float32. The values a
 tensors, so the float32 matmul of bfloat16-valued operands is exact up to float32 accumulation.
 
 Speed. ``slstm_recurrence_torch`` is the readable reference loop. At inference the recurrence runs
-in one call of a compiled kernel (``tirex/_cpu_kernel`` on CPU, ``cuda/`` on GPUs; chosen by
+in one call of a compiled kernel (``tirex.cpu_kernel`` on CPU, ``cuda/`` on GPUs; chosen by
 ``tirex.backends``) with the same op sequence, and the block's norms and feed-forward take the
 chunked, in-place path of ``tirex.inference``. Training (grad enabled) uses the plain modules.
 """
@@ -135,7 +135,7 @@ def _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate_bf16, norm_weight
     """The compiled CPU kernel. With ``norm_weight`` it also applies the per-head group norm and adds
     ``residual`` (batch, steps, embed), returning the block's residual stream. (None, None) if the
     kernel does not handle these sizes."""
-    from . import _cpu_kernel
+    from . import cpu_kernel
 
     heads, batch, steps, four_dh = wx.shape
     dh = four_dh // 4
@@ -147,12 +147,14 @@ def _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate_bf16, norm_weight
     r = r.contiguous()
     bias = bias.detach().float().contiguous()
     states = torch.empty(4, heads, batch, dh) if state is None else torch.stack([s.detach().float() for s in state])
-    out = torch.empty(batch, steps, heads, dh)
+    # the fused block output alternates between two reused residual-stream buffers within a forward
+    shape = (batch, steps, heads, dh)
+    out = inference.stream_buffer(shape, residual) if norm_weight is not None else torch.empty(shape)
     if norm_weight is not None:
         norm_weight = norm_weight.detach().float().contiguous()
     if residual is not None:
         residual = residual.detach().float().contiguous()
-    status = _cpu_kernel.load().tirex_slstm_forward(
+    status = cpu_kernel.load().tirex_slstm_forward(
         wx.data_ptr(), int(wx.dtype == torch.bfloat16), r.data_ptr(), bias.data_ptr(), states.data_ptr(), out.data_ptr(),
         None if norm_weight is None else norm_weight.data_ptr(), None if residual is None else residual.data_ptr(),
         1e-5, heads, batch, steps, dh, int(state is None), int(emulate_bf16), torch.get_num_threads(),
@@ -237,7 +239,9 @@ class SLSTMLayer(nn.Module):
         else:
             weight, recurrent = self._inference_weights()
             xh = xh.to(weight.dtype)
-        wx = torch.bmm(xh, weight).view(heads, batch, steps, 4 * dh)  # bfloat16 in fast mode
+        reuse = not torch.is_grad_enabled() and xh.device.type == "cpu"
+        out = inference.buffer("scratch", (heads, batch * steps, 4 * dh), weight.dtype) if reuse else None
+        wx = torch.bmm(xh, weight, out=out).view(heads, batch, steps, 4 * dh)  # bfloat16 in fast mode
         bias = self.bias.reshape(heads, 4 * dh)
         emulate = self.recurrence_dtype == "bfloat16"
         if resolve(self.backend, wx) == "cpu":  # fused recurrence + group norm + residual
@@ -275,7 +279,7 @@ class SLSTMBlock(nn.Module):
             h = h + self.ffn(self.norm_ffn(h))
             return h, state
         # inference: fused norm, residuals added in place into the fresh sLSTM output, chunked FFN
-        x = inference.rms_norm(h.float(), self.norm_slstm, self.slstm.matmul_dtype, heads=self.slstm.num_heads)
+        x = inference.rms_norm(h.float(), self.norm_slstm, self.slstm.matmul_dtype, self.slstm.num_heads, "norm")
         h, state = self.slstm(x, state, residual=h, head_major=True)
         if keep_last is not None:
             h = h[:, -keep_last:].contiguous()

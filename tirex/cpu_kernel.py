@@ -1,4 +1,6 @@
-"""The compiled CPU kernels (sLSTM recurrence, RMSNorm, SwiGLU activation): built from ``slstm_cpu.cpp`` on first use, cached, loaded with ctypes.
+"""The compiled CPU kernels (sLSTM recurrence, RMSNorm, SwiGLU activation), loaded with ctypes.
+
+Built from ``_cpu_kernel/slstm_cpu.cpp`` on first use and cached.
 
 The kernel has a plain C ABI and includes no torch headers, so a build takes about a second with
 ``g++ -O3 -march=native``. The shared library is cached under ``$TIREX_CACHE_DIR`` (default
@@ -18,7 +20,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("slstm_cpu.cpp")
+SOURCE = Path(__file__).with_name("_cpu_kernel") / "slstm_cpu.cpp"  # package data of tirex
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd",
          "-fPIC", "-shared", "-std=c++17", "-pthread"]
 if platform.machine().lower() in ("x86_64", "amd64"):
@@ -81,6 +83,9 @@ def load() -> ctypes.CDLL | None:
             _error = "disabled by TIREX_CPU_KERNEL=0"
             return None
         cxx = _compiler()
+        if not SOURCE.is_file():
+            _error = f"kernel source {SOURCE} is missing from this installation"
+            return None
         if cxx is None:
             _error = "no C++ compiler found (install g++ or set CXX)"
             return None
