@@ -38,7 +38,7 @@ def find_checkpoint(run_dir: str | Path) -> Path | None:
     candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
     for path in candidates:
         try:
-            torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             return path
         except Exception:  # truncated or corrupt: try the previous one
             log.warning("skipping unreadable checkpoint %s", path)
