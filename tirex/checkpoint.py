@@ -116,11 +116,16 @@ def config_from_reference(hparams: dict) -> ModelConfig:
         raise CheckpointError(f"TiRex checkpoint hyper_parameters lack the key {exc.args[0]!r}") from exc
 
 
+def _is_zip(path: Path) -> bool:
+    """torch's zip format can be memory-mapped; the legacy format cannot."""
+    return zipfile.is_zipfile(path)
+
+
 def read_reference_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Read a published-layout ``model.ckpt`` safely; returns our config and our state dict."""
     path = Path(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
         raise CheckpointError(f"cannot read {path}: corrupt or truncated checkpoint ({exc})") from exc
     except Exception as exc:  # weights_only refusal of a pickled object, and similar
@@ -188,4 +193,5 @@ def load_state_into(model, state: dict[str, torch.Tensor], source: str) -> None:
             )
         if not value.is_floating_point():
             raise CheckpointError(f"{source}: tensor {key!r} has dtype {value.dtype}, expected a float tensor")
-    model.load_state_dict({k: v.float() for k, v in state.items()})
+    # assign=True adopts the loaded tensors (works for models built on the meta device, too)
+    model.load_state_dict({k: v.float().contiguous() for k, v in state.items()}, assign=True)

@@ -33,7 +33,10 @@ def bundled_model_dir() -> Path:
 
 
 def _build(config: ModelConfig, state: dict[str, torch.Tensor], source: str) -> TiRexModel:
-    model = TiRexModel(config)
+    # Build without allocating or initialising weights: the loaded tensors are assigned in place,
+    # so peak memory is one copy of the weights, not two.
+    with torch.device("meta"):
+        model = TiRexModel(config)
     if is_reference_state_dict(state):
         state = from_reference_state_dict(state, config)
     load_state_into(model, state, source)
