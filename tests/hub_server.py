@@ -2,13 +2,16 @@
 
 ``GET|HEAD /<owner>/<name>/resolve/<revision>/<path>`` answers like the Hub: ``X-Repo-Commit``,
 ``ETag``, ``Content-Length``, ``Range`` support, and ``X-Error-Code`` on 404s (RepoNotFound,
-RevisionNotFound, EntryNotFound). ``cut_downloads[path] = n`` makes the next ``n`` GETs of that
+RevisionNotFound, EntryNotFound). Uploads take the Hub API's create-repo, preupload and NDJSON commit
+endpoints (every file in "regular" upload mode, so its content travels base64 in the commit). ``cut_downloads[path] = n`` makes the next ``n`` GETs of that
 file stop halfway through the body and drop the connection.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -79,6 +82,37 @@ class HubServer:
 
             def do_GET(self):
                 self._serve(body=True)
+
+            def _json(self, payload: dict, code: int = 200):
+                body = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                server.requests.append((self.command, self.path))
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                path = self.path.split("?")[0]
+                if path == "/api/repos/create":
+                    req = json.loads(body)
+                    repo = f"{req['organization']}/{req['name']}"
+                    (server.root / repo).mkdir(parents=True, exist_ok=True)
+                    return self._json({"url": f"{server.url}/{repo}"})
+                match = re.match(r"^/api/models/(?P<repo>[^/]+/[^/]+)/(?P<op>preupload|commit)/(?P<rev>[^/]+)$", path)
+                if not match or not (server.root / match["repo"]).is_dir():
+                    return self._error("RepoNotFound")
+                if match["op"] == "preupload":
+                    files = json.loads(body)["files"]
+                    return self._json({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+                for line in body.splitlines():
+                    item = json.loads(line)
+                    if item["key"] == "file":
+                        target = server.root / match["repo"] / item["value"]["path"]
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.write_bytes(base64.b64decode(item["value"]["content"]))
+                return self._json({"commitUrl": f"{server.url}/{match['repo']}/commit/{COMMIT}", "commitOid": COMMIT})
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"

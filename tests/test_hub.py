@@ -105,3 +105,23 @@ def test_download_cut_off_once_is_resumed(hub):
     assert res["ok"], res
     gets = [p for m, p in hub.requests if m == "GET" and p.endswith("model.safetensors")]
     assert len(gets) >= 2
+
+
+def test_push_to_hub_then_load(hub, tmp_path):
+    """push_to_hub writes our format through the Hub API; load_model reads it back from the Hub."""
+    code = textwrap.dedent("""
+        import torch
+        from tirex import ModelConfig, TiRexModel
+        torch.manual_seed(3)
+        m = TiRexModel(ModelConfig(embed_dim=16, num_heads=2, num_blocks=1, input_ff_dim=32, context_length=64))
+        print(m.push_to_hub("acme/pushed", token="hf_test_token"))
+        m.save_pretrained(%r)
+    """) % str(tmp_path / "local")
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(hub.cache), "HF_HUB_DISABLE_XET": "1",
+           "HF_HUB_DISABLE_TELEMETRY": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (hub.root / "acme" / "pushed").iterdir()) == ["config.json", "model.safetensors"]
+    assert (hub.root / "acme" / "pushed" / "model.safetensors").read_bytes() == (tmp_path / "local" / "model.safetensors").read_bytes()
+    res = load_in_subprocess(hub, "acme/pushed")
+    assert res["ok"], res
