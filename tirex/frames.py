@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 
 from .forecast import forecast_tensors
 from .inputs import to_series_list
+from .io import ID_CANDIDATES, TARGET_CANDIDATES, TIME_CANDIDATES, parse_timestamps
 
 
 def level_name(q: float) -> str:
@@ -69,16 +69,14 @@ def forecast_dataframe(
     Output columns: the id column, the timestamp column (future timestamps, at each series' own
     inferred frequency), ``mean`` and one column per quantile level ("0.1", ...).
     """
-    id_col = _pick(df, id_column, ("item_id", "id", "unique_id", "series_id"), "id")
-    ts_col = _pick(df, timestamp_column, ("timestamp", "ds", "date", "time"), "timestamp")
-    target_col = _pick(df, target_column, ("target", "y", "value"), "target")
+    id_col = _pick(df, id_column, ID_CANDIDATES, "id")
+    ts_col = _pick(df, timestamp_column, TIME_CANDIDATES, "timestamp")
+    target_col = _pick(df, target_column, TARGET_CANDIDATES, "target")
     if df.empty:
         raise ValueError("the DataFrame is empty")
     if not pd.api.types.is_numeric_dtype(df[target_col]):
         raise TypeError(f"target column {target_col!r} is not numeric (dtype {df[target_col].dtype})")
-    with warnings.catch_warnings():  # pandas warns when it falls back to per-element parsing
-        warnings.simplefilter("ignore", UserWarning)
-        timestamps = pd.to_datetime(df[ts_col], errors="coerce")
+    timestamps = parse_timestamps(df[ts_col])
     if timestamps.isna().any():
         raise ValueError(f"timestamp column {ts_col!r} has values that are not timestamps")
     frame = df.assign(**{ts_col: timestamps}).sort_values([id_col, ts_col], kind="stable")
