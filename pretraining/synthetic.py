@@ -7,6 +7,10 @@ series; we sample each kernel's function with random Fourier features instead (O
 which has the kernel's covariance for stationary kernels. Sums of independent draws have the sum
 kernel; products of draws have the product kernel as covariance (not Gaussian, which is fine here).
 
+Level shifts: piecewise-constant series (a constant is the case with no jump), optionally with small
+noise, a linear drift or intermittent zeros; these teach flat forecasts after flat contexts, which the
+smooth kernel draws rarely show.
+
 TSMixup: a convex combination (Dirichlet weights) of 1 to k real series, each scaled by its mean
 absolute value. Augmentations: amplitude modulation, censoring, spikes, missing stretches.
 """
@@ -65,6 +69,30 @@ def kernel_synth(rng: np.random.Generator, length: int, max_kernels: int = 5) ->
     for _ in range(rng.integers(0, max_kernels)):
         f = sample_kernel_function(rng, t)
         y = y + f if rng.random() < 0.5 else y * f
+    return y.astype(np.float32)
+
+
+def level_shifts(rng: np.random.Generator, length: int, max_shifts: int = 4) -> np.ndarray:
+    """A piecewise-constant series of ``length`` values (float32) with 0 to ``max_shifts`` jumps.
+
+    The level is drawn around a random offset; with some probability the series gets Gaussian noise,
+    a small linear drift, or is multiplied by a Bernoulli mask (intermittent demand with a constant size).
+
+    Example:
+        >>> y = level_shifts(np.random.default_rng(0), 256)
+        >>> y.shape, y.dtype
+        ((256,), dtype('float32'))
+    """
+    offset = rng.normal(0.0, 5.0)
+    y = np.full(length, offset + rng.standard_normal())
+    for start in np.sort(rng.integers(1, length, size=rng.integers(0, max_shifts + 1))):
+        y[start:] = offset + rng.standard_normal()
+    if rng.random() < 0.3:
+        y = y + rng.normal(0.0, 1.0) * np.linspace(0.0, 1.0, length)
+    if rng.random() < 0.4:
+        y = y + rng.uniform(0.01, 0.3) * rng.standard_normal(length)
+    if rng.random() < 0.2:
+        y = np.abs(y) * (rng.random(length) < rng.uniform(0.1, 0.9))
     return y.astype(np.float32)
 
 

@@ -45,6 +45,40 @@ def find_checkpoint(run_dir: str | Path) -> Path | None:
     return None
 
 
+def load_initial_weights(module: TiRexPretrainModule, source: str | Path) -> None:
+    """Copy weights into ``module.model`` from a model folder, a ``.safetensors`` file, one of our Lightning
+    checkpoints or a published TiRex ``model.ckpt``; the architecture must match the run's model config."""
+    path = Path(source)
+    if not path.exists():
+        raise ConfigError(f"trainer.init_from: {path} does not exist")
+    state = None
+    if path.is_file() and path.suffix == ".ckpt":
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        inner = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
+        if inner and all(k.startswith("model.") for k in inner):  # our Lightning checkpoint
+            state = {k.removeprefix("model."): v for k, v in inner.items()}
+    if state is None:  # a model folder, a weights file or a published checkpoint
+        from tirex import load_model
+
+        try:
+            state = load_model(path).state_dict()
+        except Exception as exc:
+            raise ConfigError(f"trainer.init_from: cannot read weights from {path}: {exc}") from exc
+    own = module.model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        detail = "; ".join(
+            f"{what}: {keys[:3]}{' ...' if len(keys) > 3 else ''}"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", shapes))
+            if keys
+        )
+        raise ConfigError(f"trainer.init_from: weights in {path} do not fit the model config ({detail})")
+    module.model.load_state_dict({k: v.float() for k, v in state.items()})
+    log.info("initial weights from %s", path)
+
+
 def _precision(config: TrainConfig) -> str:
     t = config.trainer
     if t.precision:
@@ -115,6 +149,8 @@ def train(
         overrides["trainer.max_steps"] = int(max_steps)
     cfg = load_config(config, overrides)
     run_dir = Path(output_dir)
+    if cfg.trainer.init_from and not Path(cfg.trainer.init_from).exists():
+        raise ConfigError(f"trainer.init_from: {cfg.trainer.init_from} does not exist")
     ckpt_path = None
     if resume:
         ckpt_path = find_checkpoint(run_dir) if resume is True or resume in ("auto", "last") else Path(resume)
@@ -160,6 +196,8 @@ def _fit(cfg: TrainConfig, run_dir: Path, ckpt_path, stop_after_step, progress_b
     )
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = TiRexPretrainModule(cfg.to_dict())
+    if t.init_from and ckpt_path is None:  # a resumed run restores its own weights
+        load_initial_weights(module, t.init_from)
     trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
 
     model_dir = run_dir / "model"
@@ -169,4 +207,4 @@ def _fit(cfg: TrainConfig, run_dir: Path, ckpt_path, stop_after_step, progress_b
             "global_rank": trainer.global_rank, **metrics}
 
 
-__all__ = ["ConfigError", "find_checkpoint", "train"]
+__all__ = ["ConfigError", "find_checkpoint", "load_initial_weights", "train"]

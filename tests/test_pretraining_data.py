@@ -264,3 +264,28 @@ def test_targets_far_outside_the_context_scale_are_left_out_of_the_loss():
     scaled = module._scaled(targets, loc, scale)
     assert torch.isnan(scaled[0, -8:]).all() and (scaled[0, :-8] == 0).all()
     assert torch.isfinite(module.loss({"inputs": inputs, "targets": targets}))
+
+
+def test_level_shift_series_are_piecewise_constant_and_reach_batches(good_corpus):
+    from tirex_pretraining.synthetic import level_shifts
+
+    rng = np.random.default_rng(0)
+    draws = [level_shifts(rng, 200) for _ in range(300)]
+    assert all(d.shape == (200,) and d.dtype == np.float32 and np.isfinite(d).all() for d in draws)
+    # Without noise or drift a draw has at most max_shifts + 1 distinct levels; some are exactly constant.
+    few_levels = [d for d in draws if len(np.unique(d)) <= 5]
+    assert len(few_levels) > 50
+    assert any(len(np.unique(d)) == 1 for d in draws)
+    assert any(len(np.unique(d)) > 50 for d in draws)  # noisy ones too
+    # As a source in a batch (the config must still name a real corpus), augmentations off.
+    cfg = small_config(good_corpus, augment={"amplitude_prob": 0, "censor_prob": 0, "spike_prob": 0, "missing_prob": 0},
+                       cpm={"prob": 0, "end_prob": 0}, batch_size=32)
+    cfg["data"]["sources"] = [{"type": "chronos", "path": str(good_corpus), "weight": 1e-6},
+                              {"type": "level_shifts", "weight": 1.0}]
+    cfg = load_config(cfg)
+    dm = PretrainDataModule(cfg)
+    dm.prepare_corpora()
+    batch = MixtureSampler(cfg, dm.train_sets).batch(0)
+    windows = torch.cat([batch["inputs"], batch["targets"][:, -8:]], dim=1)
+    distinct = [len(torch.unique(w[~torch.isnan(w)])) for w in windows]
+    assert sum(d <= 5 for d in distinct) >= 5, distinct

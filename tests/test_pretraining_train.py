@@ -161,3 +161,41 @@ def test_killed_subprocess_loses_only_steps_since_last_checkpoint(corpus, tmp_pa
     replayed = [s for s in range(step + 1, min(killed_at, step + 10) + 1)]
     assert replayed
     np.testing.assert_allclose([after[s] for s in replayed], [before[s] for s in replayed], rtol=1e-5, atol=1e-6)
+
+
+def test_warm_start_continues_from_the_weights_of_an_earlier_run(corpus, tmp_path):
+    config = tiny_config(corpus, max_steps=40)
+    first = train(config, tmp_path / "first", progress_bar=False)
+    first_losses = losses(tmp_path / "first")
+    # Our Lightning checkpoint and the run's model folder both work as a starting point.
+    for name, source in (("from_ckpt", tmp_path / "first" / "checkpoints" / "last.ckpt"), ("from_folder", first["model_dir"])):
+        warm = dict(config, trainer=dict(config["trainer"], max_steps=2, init_from=str(source)))
+        train(warm, tmp_path / name, stop_after_step=1, progress_bar=False)
+        # The first step of the warm run sees a fresh batch, so compare with the level the first run reached,
+        # far below where a fresh initialisation starts.
+        assert losses(tmp_path / name)[1] < 0.8 * first_losses[1], (name, losses(tmp_path / name), first_losses[1])
+    # The warm-started weights are the first run's weights before any step: a run stopped at step 0 is impossible,
+    # so check the loader directly.
+    from tirex_pretraining.module import TiRexPretrainModule
+    from tirex_pretraining.train import load_initial_weights
+
+    module = TiRexPretrainModule(config)
+    load_initial_weights(module, first["model_dir"])
+    expected = load_model(first["model_dir"]).state_dict()
+    for key, value in module.model.state_dict().items():
+        torch.testing.assert_close(value, expected[key], msg=key)
+
+
+def test_warm_start_from_a_different_architecture_fails_before_training(corpus, tmp_path):
+    from tirex_pretraining import ConfigError
+
+    config = tiny_config(corpus, max_steps=10)
+    first = train(config, tmp_path / "first", progress_bar=False)
+    wider = dict(config, model=dict(config["model"], embed_dim=64),
+                 trainer=dict(config["trainer"], init_from=first["model_dir"]))
+    with pytest.raises(ConfigError, match="do not fit the model config"):
+        train(wider, tmp_path / "wider", progress_bar=False)
+    with pytest.raises(ConfigError, match="does not exist"):
+        train(dict(config, trainer=dict(config["trainer"], init_from=str(tmp_path / "nope"))), tmp_path / "x",
+              progress_bar=False)
+    assert not (tmp_path / "x").exists()

@@ -161,9 +161,19 @@ def test_stacked_rollout_passes_equal_sequential_passes(monkeypatch):
     assert model._independent_passes(0, 2, 5, 2, None, 3) == [0, 2]  # the last pass predicts 1 patch, not 2
 
 
-def test_small_forward_runs_single_threaded_and_restores_threads(monkeypatch):
+@pytest.mark.parametrize("load, setting, expected_small", [
+    (1.0, "", 2),      # idle machine (only this process runs): small forwards use the threads too
+    (2.2, "", 1),      # another process holds the second core: small forwards run on one thread
+    (None, "", 1),     # load unknown: the safe choice
+    (2.2, "2", 2),     # TIREX_SMALL_FORWARD_THREADS decides when set
+    (1.0, "1", 1),
+])
+def test_small_forward_threads_follow_the_machine_load_and_are_restored(monkeypatch, load, setting, expected_small):
     from tirex import inference
 
+    monkeypatch.setattr(inference, "_busy_cpus", lambda: load)
+    monkeypatch.setattr(inference.os, "cpu_count", lambda: 2)
+    monkeypatch.setenv("TIREX_SMALL_FORWARD_THREADS", setting)
     model = _small_model()
     seen = []
     original = inference.residual_block
@@ -174,7 +184,7 @@ def test_small_forward_runs_single_threaded_and_restores_threads(monkeypatch):
         with torch.no_grad():
             model(torch.randn(1, 8, 64))  # 8 token rows: small
             model(torch.randn(inference.SMALL_ROWS // 8, 8, 64))  # SMALL_ROWS rows: not small
-        assert seen == [1, 1, 2, 2]
+        assert seen == [expected_small, expected_small, 2, 2]
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
@@ -189,3 +199,45 @@ def test_missing_kernel_source_falls_back(monkeypatch, tmp_path):
     with pytest.warns(RuntimeWarning, match="missing from this installation"):
         y, _ = slstm_recurrence(wx, r, b, None, True, "auto")
     assert torch.equal(y, slstm_recurrence(wx, r, b, None, True, "torch")[0])
+
+
+@needs_kernel
+def test_bf16_dot_product_path_agrees_with_the_float32_product(monkeypatch):
+    """Where the kernel has the AVX512-BF16 product (single rows), it matches the float32 product up to rare flips."""
+    from tirex import slstm
+
+    if not cpu_kernel.load().tirex_has_bf16_dot():
+        pytest.skip("kernel built without AVX512-BF16")
+    wx, r, b = _inputs(4, 3, 40, 64, seed=7)
+    y_dot, s_dot = slstm_recurrence(wx, r, b, None, True, "cpu")
+    monkeypatch.setattr(slstm, "bf16_pairs", lambda recurrent: None)  # no repacked R: the float32 product
+    y_f32, s_f32 = slstm_recurrence(wx, r, b, None, True, "cpu")
+    assert (y_dot == y_f32).float().mean() > 0.98
+    assert (y_dot - y_f32).abs().mean() < 1e-3
+
+
+def test_inference_stores_linear_weights_column_major_without_changing_anything_else(tmp_path):
+    from tirex import load_model
+
+    model = _small_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ctx = torch.randn(2, 300).cumsum(-1)
+    q1, _ = model.forecast(ctx, prediction_length=40, output_type="torch")
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight.t().is_contiguous() for m in linears)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    model.save_pretrained(tmp_path / "m")
+    reloaded = load_model(tmp_path / "m")
+    q2, _ = reloaded.forecast(ctx, prediction_length=40, output_type="torch")
+    torch.testing.assert_close(q2, q1, atol=0, rtol=0)
+    # Training still works on the converted parameters (same Parameter objects).
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=1e-3)
+    model.train()
+    loss = model(torch.randn(2, 8, 64)).square().mean()
+    loss.backward()
+    weight_before_step = linears[0].weight.detach().clone()
+    opt.step()
+    assert linears[0].weight.grad is not None
+    assert not torch.equal(linears[0].weight, weight_before_step)

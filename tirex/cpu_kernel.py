@@ -93,7 +93,9 @@ def load() -> ctypes.CDLL | None:
             lib = ctypes.CDLL(str(_build(cxx)))
             ptr, i32, i64, f32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_float
             lib.tirex_slstm_forward.restype = i32
-            lib.tirex_slstm_forward.argtypes = [ptr, i32] + [ptr] * 6 + [f32] + [i32] * 7
+            lib.tirex_slstm_forward.argtypes = [ptr, i32] + [ptr] * 7 + [f32] + [i32] * 7
+            lib.tirex_has_bf16_dot.restype = i32
+            lib.tirex_has_bf16_dot.argtypes = []
             lib.tirex_rms_norm.restype = None
             lib.tirex_rms_norm.argtypes = [ptr] * 3 + [i32, i32, f32, i32, i32, i32]
             lib.tirex_silu_mul.restype = None

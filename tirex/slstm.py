@@ -131,6 +131,13 @@ def slstm_recurrence(
     return y.permute(2, 0, 1, 3), state
 
 
+def bf16_pairs(recurrent: torch.Tensor) -> torch.Tensor:
+    """(heads, D, 4D) bfloat16-exact float32 -> (heads, D / 2, 4D, 2) bfloat16: the layout of the CPU
+    kernel's AVX512-BF16 product (rows 2i and 2i + 1 of each column side by side)."""
+    heads, dh, g = recurrent.shape
+    return recurrent.to(torch.bfloat16).view(heads, dh // 2, 2, g).transpose(2, 3).contiguous()
+
+
 def _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate_bf16, norm_weight=None, residual=None):
     """The compiled CPU kernel. With ``norm_weight`` it also applies the per-head group norm and adds
     ``residual`` (batch, steps, embed), returning the block's residual stream. (None, None) if the
@@ -145,6 +152,12 @@ def _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate_bf16, norm_weight
     if emulate_bf16 and not getattr(recurrent, "_tirex_bf16_rounded", False):
         r = _round_bf16(r)
     r = r.contiguous()
+    lib = cpu_kernel.load()
+    pairs = None
+    if emulate_bf16 and dh % 32 == 0 and lib.tirex_has_bf16_dot():
+        pairs = getattr(recurrent, "_tirex_bf16_pairs", None)
+        if pairs is None:
+            pairs = bf16_pairs(r)
     bias = bias.detach().float().contiguous()
     states = torch.empty(4, heads, batch, dh) if state is None else torch.stack([s.detach().float() for s in state])
     # the fused block output alternates between two reused residual-stream buffers within a forward
@@ -154,8 +167,9 @@ def _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate_bf16, norm_weight
         norm_weight = norm_weight.detach().float().contiguous()
     if residual is not None:
         residual = residual.detach().float().contiguous()
-    status = cpu_kernel.load().tirex_slstm_forward(
-        wx.data_ptr(), int(wx.dtype == torch.bfloat16), r.data_ptr(), bias.data_ptr(), states.data_ptr(), out.data_ptr(),
+    status = lib.tirex_slstm_forward(
+        wx.data_ptr(), int(wx.dtype == torch.bfloat16), r.data_ptr(), None if pairs is None else pairs.data_ptr(),
+        bias.data_ptr(), states.data_ptr(), out.data_ptr(),
         None if norm_weight is None else norm_weight.data_ptr(), None if residual is None else residual.data_ptr(),
         1e-5, heads, batch, steps, dh, int(state is None), int(emulate_bf16), torch.get_num_threads(),
     )
@@ -211,6 +225,8 @@ class SLSTMLayer(nn.Module):
                 recurrent = (_round_bf16(recurrent) if self.recurrence_dtype == "bfloat16" else recurrent).contiguous()
             if self.recurrence_dtype == "bfloat16":
                 recurrent._tirex_bf16_rounded = True
+                if recurrent.device.type == "cpu" and self.head_dim % 32 == 0:
+                    recurrent._tirex_bf16_pairs = bf16_pairs(recurrent)
             cached = (key, (projection.to(self.matmul_dtype), recurrent))
             self._inference_cache = cached
         return cached[1]

@@ -21,6 +21,13 @@
 #include <thread>
 #include <vector>
 
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#include <immintrin.h>
+#define TIREX_BF16_DOT 1
+#else
+#define TIREX_BF16_DOT 0
+#endif
+
 namespace {
 
 inline float from_bits(uint32_t b) { float f; std::memcpy(&f, &b, 4); return f; }
@@ -100,10 +107,38 @@ inline void matmul_rows(const float* y, const float* R, float* acc, int D, int G
   }
 }
 
+#if TIREX_BF16_DOT
+// The same product for bfloat16-exact operands (the reference's emulation rounds y and R to bfloat16):
+// acc[RB][G] = y[RB][D] @ R[D][G] with AVX512-BF16 dot products. Products of two bfloat16 values are
+// exact in float32, so only the summation order differs from the float32 loop (pairs of k at a time).
+// yp: per row, D / 2 pairs (y[2i] low, y[2i+1] high) of bfloat16 bits; Rp: (D / 2, G, 2) bfloat16 bits.
+template <int RB, int NV>
+inline void matmul_rows_bf16(const uint32_t* yp, const uint16_t* Rp, float* acc, int D, int G) {
+  const int half = D / 2;
+  for (int j0 = 0; j0 < G; j0 += 16 * NV) {
+    __m512 a[RB][NV];
+    for (int bi = 0; bi < RB; ++bi)
+      for (int v = 0; v < NV; ++v) a[bi][v] = _mm512_setzero_ps();
+    for (int i = 0; i < half; ++i) {
+      const uint16_t* r = Rp + (static_cast<size_t>(i) * G + j0) * 2;
+      __m512bh rv[NV];
+      for (int v = 0; v < NV; ++v) rv[v] = (__m512bh)_mm512_loadu_si512(r + 32 * v);
+      for (int bi = 0; bi < RB; ++bi) {
+        const __m512bh yv = (__m512bh)_mm512_set1_epi32(static_cast<int>(yp[bi * half + i]));
+        for (int v = 0; v < NV; ++v) a[bi][v] = _mm512_dpbf16_ps(a[bi][v], rv[v], yv);
+      }
+    }
+    for (int bi = 0; bi < RB; ++bi)
+      for (int v = 0; v < NV; ++v) _mm512_storeu_ps(acc + bi * G + j0 + 16 * v, a[bi][v]);
+  }
+}
+#endif
+
 struct Problem {
   const float* wx;    // (H, B, T, 4D), raw (rounded here); null when wx_bf16 is given
   const uint16_t* wx_bf16;  // the same as bfloat16 bits (fast mode: the projection's bfloat16 output)
   const float* R;     // (H, D, 4D), already rounded by the caller when BF16
+  const uint16_t* R_pairs;  // (H, D / 2, 4D, 2) bfloat16 bits of R, or null: the AVX512-BF16 product (BF16 only)
   const float* bias;  // (H, 4D)
   float* state;       // (4, H, B, D): y, c, n, m; read at the start (unless fresh), written at the end
   float* out;         // (B, T, H, D): y of every step, or the block output (see norm_w)
@@ -140,8 +175,25 @@ void run_item(const Problem& p, int h, int b0, int b1) {
   }
   const float* R = p.R + static_cast<size_t>(h) * D * G;
   const float* bias = p.bias + static_cast<size_t>(h) * G;
+#if TIREX_BF16_DOT
+  const bool dot = BF16 && p.R_pairs != nullptr && G % 128 == 0;
+  const uint16_t* Rp = dot ? p.R_pairs + static_cast<size_t>(h) * D * G : nullptr;
+  std::vector<uint32_t> yp(dot ? D / 2 : 0);
+#endif
   for (int t = 0; t < p.T; ++t) {
     int bi = 0;
+#if TIREX_BF16_DOT
+    // Single rows are bound by reading R (half the bytes in bfloat16); blocks of 4 rows are bound by
+    // arithmetic, where float32 FMAs on two ports beat the one-port bfloat16 dot product.
+    if (dot) {
+      for (; bi + 4 <= nb; bi += 4) matmul_rows<4, 64>(y.data() + bi * D, R, acc.data() + bi * G, D, G);
+      for (; bi < nb; ++bi) {
+        for (int r = 0; r < D / 2; ++r)  // y is bfloat16-exact: its high halves are its bfloat16 bits
+          yp[r] = (to_bits(y[bi * D + 2 * r]) >> 16) | (to_bits(y[bi * D + 2 * r + 1]) & 0xFFFF0000u);
+        matmul_rows_bf16<1, 8>(yp.data(), Rp, acc.data() + bi * G, D, G);
+      }
+    } else
+#endif
     if (G % 64 == 0) {
       for (; bi + 4 <= nb; bi += 4) matmul_rows<4, 64>(y.data() + bi * D, R, acc.data() + bi * G, D, G);
       for (; bi < nb; ++bi) matmul_rows<1, 64>(y.data() + bi * D, R, acc.data() + bi * G, D, G);
@@ -285,21 +337,25 @@ void tirex_silu_mul(const float* gate, const float* up, float* out, int rows, in
 
 // With norm_w non-null the output is residual + group_norm(y) * (1 + norm_w) (residual may be null).
 // wx is float32, or bfloat16 bits when wx_is_bf16 is set.
-int tirex_slstm_forward(const void* wx, int wx_is_bf16, const float* R, const float* bias, float* state, float* out,
-                        const float* norm_w, const float* residual, float eps, int H, int B, int T, int D, int fresh,
-                        int bf16, int num_threads) {
+// 1 if R_pairs is used (compiled with AVX512-BF16), else 0.
+int tirex_has_bf16_dot() { return TIREX_BF16_DOT; }
+
+// R_pairs: optional (H, D / 2, 4D, 2) bfloat16 repacking of R (see Problem), used when bf16 is set.
+int tirex_slstm_forward(const void* wx, int wx_is_bf16, const float* R, const uint16_t* R_pairs, const float* bias,
+                        float* state, float* out, const float* norm_w, const float* residual, float eps, int H, int B,
+                        int T, int D, int fresh, int bf16, int num_threads) {
   if (D % 8 != 0 || H <= 0 || B <= 0 || T <= 0) return 1;
   Problem p{wx_is_bf16 ? nullptr : static_cast<const float*>(wx),
             wx_is_bf16 ? static_cast<const uint16_t*>(wx) : nullptr,
-            R, bias, state, out, norm_w, residual, eps, H, B, T, D, fresh != 0};
+            R, R_pairs, bias, state, out, norm_w, residual, eps, H, B, T, D, fresh != 0};
   const int rows = 8;  // batch rows per item: a multiple of the 4-row matmul block
   std::vector<std::pair<int, int>> items;  // (head, first row)
   for (int h = 0; h < H; ++h)
     for (int b0 = 0; b0 < B; b0 += rows) items.emplace_back(h, b0);
-  // Below ~100M multiply-adds (about a millisecond) a second thread costs more than it saves: on a busy
-  // machine its start alone can wait a whole scheduler time slice.
+  // Below ~8M multiply-adds (a tenth of a millisecond) starting a thread costs more than it saves. The
+  // caller passes num_threads = 1 when the machine is busy (tirex.inference.small_forward_threads).
   const double multiply_adds = static_cast<double>(H) * B * T * D * 4.0 * D;
-  const int wanted = multiply_adds < 1e8 ? 1 : num_threads;
+  const int wanted = multiply_adds < 8e6 ? 1 : num_threads;
   const int workers = std::max(1, std::min<int>(wanted, static_cast<int>(items.size())));
   std::atomic<size_t> next{0};  // dynamic hand-out: a thread slowed by other load simply takes fewer items
   auto work = [&](int) {
