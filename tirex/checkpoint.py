@@ -116,16 +116,14 @@ def config_from_reference(hparams: dict) -> ModelConfig:
         raise CheckpointError(f"TiRex checkpoint hyper_parameters lack the key {exc.args[0]!r}") from exc
 
 
-def _is_zip(path: Path) -> bool:
-    """torch's zip format can be memory-mapped; the legacy format cannot."""
-    return zipfile.is_zipfile(path)
-
-
 def read_reference_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Read a published-layout ``model.ckpt`` safely; returns our config and our state dict."""
     path = Path(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+        # Not memory-mapped: load_state_into copies every tensor once (into the inference layout) and frees
+        # the one read, so reading into plain memory keeps the peak at about one copy of the weights; a
+        # mapped file would stay resident next to the copies until the end of loading.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
         raise CheckpointError(f"cannot read {path}: corrupt or truncated checkpoint ({exc})") from exc
     except Exception as exc:  # weights_only refusal of a pickled object, and similar
@@ -193,5 +191,17 @@ def load_state_into(model, state: dict[str, torch.Tensor], source: str) -> None:
             )
         if not value.is_floating_point():
             raise CheckpointError(f"{source}: tensor {key!r} has dtype {value.dtype}, expected a float tensor")
-    # assign=True adopts the loaded tensors (works for models built on the meta device, too)
-    model.load_state_dict({k: v.float().contiguous() for k, v in state.items()}, assign=True)
+    # assign=True adopts the loaded tensors (works for models built on the meta device, too). Every tensor
+    # is copied once into the process's own memory, nn.Linear weights column-major (the layout the
+    # inference matmuls read fastest, see tirex.inference.use_matmul_layout_): nothing then refers to a
+    # memory-mapped checkpoint any more, so its pages leave the process's resident memory.
+    linear = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    owned = {}
+    for key in list(state):
+        value = state.pop(key).float()
+        if key in linear and value.dim() == 2 and min(value.shape) > 1:
+            owned[key] = value.t().contiguous().t()
+        else:
+            owned[key] = value.clone(memory_format=torch.contiguous_format)
+        del value
+    model.load_state_dict(owned, assign=True)

@@ -92,7 +92,7 @@ def workspace():
     """Within one forward, hand out the same memory for the large temporaries of every block.
 
     A fresh multi-megabyte tensor costs page faults on first touch (the allocator returns such
-    blocks to the OS, see ``_return_large_blocks_to_the_os``): up to 15% of a matmul writing into
+    blocks to the OS, see ``return_large_blocks_to_the_os``): up to 15% of a matmul writing into
     it. Buffers live until the outermost ``workspace`` exits; per thread, so concurrent forecasts in
     other Python threads never share them. Names are shared by temporaries that are never alive at
     the same time: "norm" (a norm's output, read by the next matmul), "scratch" (the input
@@ -175,7 +175,7 @@ def use_matmul_layout_(model: nn.Module) -> None:
 _heap_tuned = False
 
 
-def _return_large_blocks_to_the_os() -> None:
+def return_large_blocks_to_the_os() -> None:
     """Serve allocations of 1 MiB and more with mmap, so that freed activations go back to the OS.
 
     glibc otherwise raises its mmap threshold after the first large free and keeps later large
@@ -203,7 +203,7 @@ def _kernels(x: torch.Tensor):
         return None
     from . import cpu_kernel
 
-    _return_large_blocks_to_the_os()
+    return_large_blocks_to_the_os()
     return cpu_kernel.load()
 
 

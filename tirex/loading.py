@@ -150,6 +150,7 @@ def load_model(
         >>> model = load_model()                      # bundled default, offline
         >>> q, mean = model.forecast(torch.randn(2, 500), prediction_length=24)
     """
+    inference.return_large_blocks_to_the_os()  # tensors freed while loading go back to the OS at once
     if source is None:
         folder = bundled_model_dir()
         if not (folder / WEIGHTS_NAME).is_file():
@@ -169,8 +170,7 @@ def load_model(
         model.set_recurrence_dtype(recurrence_dtype)
     if device is not None:
         model.to(device)
-    inference.use_matmul_layout_(model)  # CPU weights in the matmuls' fastest layout (else on the first forecast)
-    return model
+    return model.prepare_inference()  # one-off inference work here, not in the first forecast
 
 
 def save_pretrained(model: TiRexModel, directory: str | os.PathLike) -> Path:

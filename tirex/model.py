@@ -241,12 +241,24 @@ class TiRexModel(nn.Module):
 
         return Stream(self.eval(), context)
 
+    def prepare_inference(self) -> "TiRexModel":
+        """Do the one-off work of inference now rather than in the first forecast: CPU weights in the
+        matmuls' layout, stacked input projections, recurrent matrices rounded (and repacked) for the
+        recurrence. ``load_model`` calls it; after weights change the caches rebuild on their own."""
+        if next(self.parameters()).device.type == "cpu":
+            inference.use_matmul_layout_(self)
+        with torch.no_grad():
+            for block in self.blocks:
+                block.slstm._inference_weights()
+        return self
+
     def set_recurrence_dtype(self, recurrence_dtype: str) -> None:
         """Switch the sLSTM numerics ("bfloat16" = reference parity, "float32")."""
         self.config.recurrence_dtype = recurrence_dtype
         self.config.validate()
         for block in self.blocks:
             block.slstm.recurrence_dtype = recurrence_dtype
+        self.prepare_inference()
 
     def set_backend(self, backend: str) -> None:
         """Choose the sLSTM recurrence implementation: "auto" (default), "torch", "cpu" or "cuda".
@@ -269,6 +281,7 @@ class TiRexModel(nn.Module):
         dtype = torch.bfloat16 if enabled else torch.float32
         for block in self.blocks:
             block.slstm.matmul_dtype = dtype
+        self.prepare_inference()
 
     def save_pretrained(self, directory) -> None:
         """Write ``config.json`` + ``model.safetensors`` into ``directory`` (``load_model`` reads it)."""
