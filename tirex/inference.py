@@ -28,9 +28,27 @@ SMALL_ROWS = 512  # token rows (batch x tokens) below which a forward is "small"
 
 
 def _busy_cpus() -> float | None:
-    """The 1-minute load average (runnable processes, including this one), or None where unknown."""
+    """How many CPUs other processes keep busy right now, or None where unknown.
+
+    Linux: the kernel's count of runnable threads (/proc/loadavg) minus this process's own runnable
+    threads - an instantaneous figure, unlike the load averages, which lag by a minute and count this
+    process too. Elsewhere: the 1-minute load average minus one (this process).
+    """
     try:
-        return os.getloadavg()[0]
+        with open("/proc/loadavg") as f:
+            running = int(f.read().split()[3].split("/")[0])
+        own = 0
+        for task in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{task}/stat") as f:
+                    own += f.read().rsplit(")", 1)[1].split()[0] == "R"
+            except (OSError, IndexError):
+                continue
+        return float(max(0, running - max(own, 1)))
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return max(0.0, os.getloadavg()[0] - 1.0)
     except (OSError, AttributeError):
         return None
 
@@ -38,13 +56,11 @@ def _busy_cpus() -> float | None:
 def small_forward_threads(threads: int) -> int:
     """Intra-op threads for a small forward, given the ``threads`` torch would use.
 
-    ``TIREX_SMALL_FORWARD_THREADS`` (an integer) decides if set. Otherwise: all of them while the
-    machine has a core to spare for each, else one. A small forward's ops take a fraction of a
-    millisecond; on an idle machine two threads halve them (batch 1 at the published size: 39 ms on
-    one thread), but when another process holds the second core every parallel op waits for a
-    descheduled worker (0.25 s instead of 0.09 s on this project's shared 2-core machines). The load
-    average says which case holds: threads may be used while it leaves ``threads - 1`` cores free
-    besides this process.
+    ``TIREX_SMALL_FORWARD_THREADS`` (an integer) decides if set. Otherwise: all of them while other
+    processes leave a core free for each, else one. A small forward's ops take a fraction of a
+    millisecond; on an idle machine two threads nearly halve them, but when another process holds the
+    second core every parallel op waits for a descheduled worker (0.25 s instead of 0.09 s per batch-1
+    forecast on this project's shared 2-core machines).
     """
     setting = os.environ.get("TIREX_SMALL_FORWARD_THREADS", "").strip()
     if setting:
@@ -54,9 +70,9 @@ def small_forward_threads(threads: int) -> int:
             pass
     if threads <= 1:
         return 1
-    load = _busy_cpus()
+    busy = _busy_cpus()
     cpus = os.cpu_count() or 1
-    if load is None or load + threads - 1 > cpus + 0.5:
+    if busy is None or busy + threads > cpus + 0.5:
         return 1
     return threads
 
