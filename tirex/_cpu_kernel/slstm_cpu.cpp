@@ -157,9 +157,12 @@ inline void group_norm_row(const float* y, const float* w, const float* residual
   float sq = 0.f;
   for (int u = 0; u < D; ++u) sq += (y[u] - mean) * (y[u] - mean);
   const float rstd = 1.0f / std::sqrt(sq / D + eps);
-  for (int u = 0; u < D; ++u) {
-    const float v = ((y[u] - mean) * rstd) * (1.0f + w[u]);
-    out[u] = residual ? residual[u] + v : v;
+  if (residual) {
+#pragma omp simd
+    for (int u = 0; u < D; ++u) out[u] = residual[u] + ((y[u] - mean) * rstd) * (1.0f + w[u]);
+  } else {
+#pragma omp simd
+    for (int u = 0; u < D; ++u) out[u] = ((y[u] - mean) * rstd) * (1.0f + w[u]);
   }
 }
 
