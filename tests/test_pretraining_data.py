@@ -289,3 +289,30 @@ def test_level_shift_series_are_piecewise_constant_and_reach_batches(good_corpus
     windows = torch.cat([batch["inputs"], batch["targets"][:, -8:]], dim=1)
     distinct = [len(torch.unique(w[~torch.isnan(w)])) for w in windows]
     assert sum(d <= 5 for d in distinct) >= 5, distinct
+
+
+def test_pool_validation_scores_models_on_the_same_held_out_windows(tmp_path, good_corpus):
+    from tirex_pretraining.validate import scaled_losses, validate, validation_tasks
+
+    # Windows: rolling origins from the end, one horizon apart, never longer than the series allows.
+    x = np.arange(100, dtype=np.float32)
+    tasks = validation_tasks([x, x[:20]], ["M", "M"], windows=3)
+    assert [(t["series"], len(t["context"])) for t in tasks] == [(0, 88), (0, 76), (0, 64)]  # series 1: too short
+    np.testing.assert_array_equal(tasks[1]["target"], x[76:88])
+    # A perfect forecast scores 0; a forecast off by one seasonal error scores 1 (MASE).
+    levels = [0.1, 0.5, 0.9]
+    perfect = [np.repeat(t["target"][:, None], 3, axis=1) for t in tasks]
+    mase, sql = scaled_losses(tasks, perfect, levels)
+    assert np.allclose(mase, 0) and np.allclose(sql, 0)
+    mase, _ = scaled_losses(tasks, [p + 1.0 for p in perfect], levels)  # seasonal error of a ramp (m=12): 12
+    assert np.allclose(mase, 1 / 12)
+
+    # Two copies of one model: identical scores, zero paired difference.
+    cfg = small_config(good_corpus, val_fraction=0.3)
+    torch.manual_seed(0)
+    model = TiRexModel(load_config(cfg).model)
+    init_tirex_weights(model).save_pretrained(tmp_path / "m")
+    summary = validate({"a": str(tmp_path / "m"), "b": str(tmp_path / "m")}, cfg, windows=2)
+    a, b = summary["models"]["a"], summary["models"]["b"]
+    assert summary["tasks"] > 0 and a["MASE_rel"] == b["MASE_rel"] and b["sQL_rel_minus_first"] == 0.0
+    assert np.isfinite(a["MASE_rel"]) and a["MASE_rel"] > 0
