@@ -63,7 +63,7 @@ class TiRexModel(nn.Module):
         if fast and tokens.device.type == "cpu":
             inference.use_matmul_layout_(self)
         dtype = self.blocks[0].slstm.matmul_dtype if len(self.blocks) else torch.float32
-        # a small no-grad forward on a busy CPU runs on one thread (see tirex.inference.small_forward_threads)
+        # a small no-grad forward on CPU runs on one thread (see tirex.inference.small_forward_threads)
         with inference.single_thread_if_small(tokens, fast), inference.workspace() if fast else nullcontext():
             h = inference.residual_block(tokens, self.patch_embedding, dtype) if fast else self.patch_embedding(tokens)
             new_states = []
