@@ -316,3 +316,23 @@ def test_pool_validation_scores_models_on_the_same_held_out_windows(tmp_path, go
     a, b = summary["models"]["a"], summary["models"]["b"]
     assert summary["tasks"] > 0 and a["MASE_rel"] == b["MASE_rel"] and b["sQL_rel_minus_first"] == 0.0
     assert np.isfinite(a["MASE_rel"]) and a["MASE_rel"] > 0
+
+
+def test_pool_validation_cli_labels_models_and_reports_bad_input(tmp_path, good_corpus, capsys):
+    import json
+
+    import yaml
+
+    from tirex_pretraining.validate import main
+
+    cfg = small_config(good_corpus, val_fraction=0.3)
+    config_path = tmp_path / "cfg.yaml"
+    config_path.write_text(yaml.safe_dump(cfg))
+    torch.manual_seed(0)
+    init_tirex_weights(TiRexModel(load_config(cfg).model)).save_pretrained(tmp_path / "m")
+    out = tmp_path / "summary.json"
+    assert main([f"mine={tmp_path / 'm'}", "--config", str(config_path), "--windows", "1", "--json", str(out)]) == 0
+    assert "mine" in capsys.readouterr().out
+    assert set(json.loads(out.read_text())["models"]) == {"mine"}
+    assert main([str(tmp_path / "missing"), "--config", str(config_path)]) == 2
+    assert "error" in capsys.readouterr().err
