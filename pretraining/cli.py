@@ -7,11 +7,11 @@ import json
 import sys
 from importlib import resources
 
-CONFIG_NAMES = ("tiny_cpu", "small", "tirex_35m", "default_model", "default_model_stage2")
+CONFIG_NAMES = ("tiny_cpu", "small", "tirex_35m", "default_model", "default_model_stage2", "candidate_patch16", "candidate_e256")
 
 
 def _config_path(value: str) -> str:
-    """A YAML path, or the name of a bundled config ("tiny_cpu", "small", "tirex_35m", "default_model")."""
+    """A YAML path, or the name of a config in pretraining/configs (see CONFIG_NAMES)."""
     if value in CONFIG_NAMES:
         return str(resources.files("tirex_pretraining") / "configs" / f"{value}.yaml")
     return value
