@@ -32,11 +32,7 @@ def _from_dict(cls, data: dict[str, Any] | None, where: str):
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown keys {unknown} in {where}; known keys are {sorted(known)}")
-    return cls(**data)
+    return cls(**_check_keys(cls, data, where))
 
 
 @dataclass

@@ -64,17 +64,12 @@ def load_initial_weights(module: TiRexPretrainModule, source: str | Path) -> Non
             state = load_model(path).state_dict()
         except Exception as exc:
             raise ConfigError(f"trainer.init_from: cannot read weights from {path}: {exc}") from exc
-    own = module.model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        detail = "; ".join(
-            f"{what}: {keys[:3]}{' ...' if len(keys) > 3 else ''}"
-            for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", shapes))
-            if keys
-        )
-        raise ConfigError(f"trainer.init_from: weights in {path} do not fit the model config ({detail})")
+    from tirex.checkpoint import CheckpointError, check_state
+
+    try:
+        check_state(module.model.state_dict(), state, str(path))
+    except CheckpointError as exc:
+        raise ConfigError(f"trainer.init_from: weights in {path} do not fit the model config ({exc})") from exc
     module.model.load_state_dict({k: v.float() for k, v in state.items()})
     log.info("initial weights from %s", path)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig
+from .inference import column_major
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -174,9 +175,8 @@ def is_reference_state_dict(state: dict[str, torch.Tensor]) -> bool:
     return any(k.startswith("input_patch_embedding.") for k in state)
 
 
-def load_state_into(model, state: dict[str, torch.Tensor], source: str) -> None:
-    """Copy ``state`` into ``model``, checking names and shapes first."""
-    expected = model.state_dict()
+def check_state(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise ``CheckpointError`` unless ``state`` has exactly the names, shapes and float dtypes of ``expected``."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -191,6 +191,11 @@ def load_state_into(model, state: dict[str, torch.Tensor], source: str) -> None:
             )
         if not value.is_floating_point():
             raise CheckpointError(f"{source}: tensor {key!r} has dtype {value.dtype}, expected a float tensor")
+
+
+def load_state_into(model, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``state`` into ``model``, checking names and shapes first."""
+    check_state(model.state_dict(), state, source)
     # assign=True adopts the loaded tensors (works for models built on the meta device, too). Every tensor
     # is copied once into the process's own memory, nn.Linear weights column-major (the layout the
     # inference matmuls read fastest, see tirex.inference.use_matmul_layout_): nothing then refers to a
@@ -199,9 +204,7 @@ def load_state_into(model, state: dict[str, torch.Tensor], source: str) -> None:
     owned = {}
     for key in list(state):
         value = state.pop(key).float()
-        if key in linear and value.dim() == 2 and min(value.shape) > 1:
-            owned[key] = value.t().contiguous().t()
-        else:
-            owned[key] = value.clone(memory_format=torch.contiguous_format)
-        del value
+        copy = column_major(value) if key in linear else value
+        owned[key] = copy if copy is not value else value.clone(memory_format=torch.contiguous_format)
+        del value, copy
     model.load_state_dict(owned, assign=True)

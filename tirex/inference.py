@@ -149,12 +149,17 @@ def use_matmul_layout_(model: nn.Module) -> None:
     unaffected; saving writes contiguous copies). Cheap to call again: converted weights are skipped.
     """
     for module in model.modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        w = module.weight
-        if w.device.type == "cpu" and w.dim() == 2 and min(w.shape) > 1 and w.is_contiguous():
-            with torch.no_grad():
-                w.data = w.data.t().contiguous().t()
+        if isinstance(module, nn.Linear) and module.weight.device.type == "cpu":
+            converted = column_major(module.weight.data)
+            if converted is not module.weight.data:
+                module.weight.data = converted
+
+
+def column_major(weight: torch.Tensor) -> torch.Tensor:
+    """A column-major copy of a contiguous matrix (same shape and values); anything else is returned as is."""
+    if weight.dim() == 2 and min(weight.shape) > 1 and weight.is_contiguous():
+        return weight.t().contiguous().t()
+    return weight
 
 
 _heap_tuned = False

@@ -355,8 +355,8 @@ int tirex_slstm_forward(const void* wx, int wx_is_bf16, const float* R, const ui
   std::vector<std::pair<int, int>> items;  // (head, first row)
   for (int h = 0; h < H; ++h)
     for (int b0 = 0; b0 < B; b0 += rows) items.emplace_back(h, b0);
-  // Below ~8M multiply-adds (a tenth of a millisecond) starting a thread costs more than it saves. The
-  // caller passes num_threads = 1 when the machine is busy (tirex.inference.small_forward_threads).
+  // Below ~8M multiply-adds (a tenth of a millisecond) starting a thread costs more than it saves. Small
+  // forwards pass num_threads = 1 anyway (tirex.inference.small_forward_threads).
   const double multiply_adds = static_cast<double>(H) * B * T * D * 4.0 * D;
   const int wanted = multiply_adds < 8e6 ? 1 : num_threads;
   const int workers = std::max(1, std::min<int>(wanted, static_cast<int>(items.size())));
