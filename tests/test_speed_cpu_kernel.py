@@ -213,6 +213,58 @@ def test_bf16_dot_product_path_agrees_with_the_float32_product(monkeypatch):
     assert (y_dot - y_f32).abs().mean() < 1e-3
 
 
+@needs_kernel
+@pytest.mark.parametrize("batch", [1, 5, 9])  # single rows, blocks of 4 rows plus single rows
+def test_avx2_bf16_pairs_give_bitwise_the_float32_product(monkeypatch, batch):
+    """On AVX2 CPUs without AVX512-BF16 the kernel reads R as bfloat16 pairs and widens them; the products
+    and their summation order are those of the float32 loop, so every output and state is bitwise equal."""
+    from tirex import slstm
+
+    lib = cpu_kernel.load()
+    if lib.tirex_has_bf16_dot() or not lib.tirex_uses_bf16_pairs():
+        pytest.skip("kernel not built for the AVX2 bfloat16-pair product")
+    wx, r, b = _inputs(3, batch, 21, 64, seed=3)
+    y_pairs, s_pairs = slstm_recurrence(wx, r, b, None, True, "cpu")
+    calls = []
+    monkeypatch.setattr(slstm, "bf16_pairs", lambda recurrent: calls.append(1))  # None: the float32 product
+    y_f32, s_f32 = slstm_recurrence(wx, r, b, None, True, "cpu")
+    assert calls, "the float32 product was not forced"
+    assert torch.equal(y_pairs, y_f32)
+    for a, c in zip(s_pairs, s_f32):
+        assert torch.equal(a, c)
+    # and both still follow the reference's bfloat16 emulation (the torch loop)
+    y_loop, _ = slstm_recurrence(wx, r, b, None, True, "torch")
+    assert (y_pairs == y_loop).float().mean() > 0.98
+
+
+@needs_kernel
+def test_recurrence_threads_in_small_forwards(monkeypatch):
+    """Small forwards run their ops on one thread but the recurrence keeps torch's thread count (its
+    threads never meet within a layer); results do not depend on it."""
+    from tirex import inference, slstm
+
+    monkeypatch.delenv("TIREX_SMALL_FORWARD_THREADS", raising=False)
+    monkeypatch.delenv("TIREX_RECURRENCE_THREADS", raising=False)
+    model = _small_model()
+    seen = []
+    original = inference.recurrence_threads
+    monkeypatch.setattr(inference, "recurrence_threads", lambda: seen.append(original()) or seen[-1])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ctx = torch.randn(1, 300).cumsum(-1)
+        q2, _ = model.forecast(ctx, prediction_length=20)
+        assert seen and set(seen) == {2}
+        monkeypatch.setenv("TIREX_RECURRENCE_THREADS", "1")
+        seen.clear()
+        q1, _ = model.forecast(ctx, prediction_length=20)
+        assert set(seen) == {1}
+        assert torch.equal(q1, q2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_inference_stores_linear_weights_column_major_without_changing_anything_else(tmp_path):
     from tirex import load_model
 

@@ -154,7 +154,7 @@ def _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate_bf16, norm_weight
     r = r.contiguous()
     lib = cpu_kernel.load()
     pairs = None
-    if emulate_bf16 and dh % 32 == 0 and lib.tirex_has_bf16_dot():
+    if emulate_bf16 and dh % 32 == 0 and lib.tirex_uses_bf16_pairs():
         pairs = getattr(recurrent, "_tirex_bf16_pairs", None)
         if pairs is None:
             pairs = bf16_pairs(r)
@@ -171,7 +171,7 @@ def _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate_bf16, norm_weight
         wx.data_ptr(), int(wx.dtype == torch.bfloat16), r.data_ptr(), None if pairs is None else pairs.data_ptr(),
         bias.data_ptr(), states.data_ptr(), out.data_ptr(),
         None if norm_weight is None else norm_weight.data_ptr(), None if residual is None else residual.data_ptr(),
-        1e-5, heads, batch, steps, dh, int(state is None), int(emulate_bf16), torch.get_num_threads(),
+        1e-5, heads, batch, steps, dh, int(state is None), int(emulate_bf16), inference.recurrence_threads(),
     )
     if status != 0:
         return None, None

@@ -28,6 +28,15 @@
 #define TIREX_BF16_DOT 0
 #endif
 
+// Without AVX512-BF16, AVX2 + FMA CPUs still read R as bfloat16 pairs (half the bytes: at batch 1 the
+// recurrence is bound by reading R every step) and widen them with two integer ops.
+#if !TIREX_BF16_DOT && defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define TIREX_BF16_PAIRS_AVX2 1
+#else
+#define TIREX_BF16_PAIRS_AVX2 0
+#endif
+
 namespace {
 
 inline float from_bits(uint32_t b) { float f; std::memcpy(&f, &b, 4); return f; }
@@ -134,6 +143,43 @@ inline void matmul_rows_bf16(const uint32_t* yp, const uint16_t* Rp, float* acc,
 }
 #endif
 
+
+#if TIREX_BF16_PAIRS_AVX2
+// acc[RB][G] = y[RB][D] @ R[D][G] with R as bfloat16 pairs: Rp (D / 2, G) 32-bit words holding R[2i][c]
+// in the low and R[2i + 1][c] in the high half. Shifting the low half up gives R[2i][c] as a float32,
+// masking off the low half gives R[2i + 1][c]. The products and their order (k ascending, one FMA
+// chain per column) are those of the float32 loop matmul_rows, so the results are bitwise the same.
+template <int RB, int NV>
+inline void matmul_rows_pairs(const float* y, const uint32_t* Rp, float* acc, int D, int G) {
+  const int half = D / 2;
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  for (int j0 = 0; j0 < G; j0 += 8 * NV) {
+    __m256 a[RB][NV];
+    for (int bi = 0; bi < RB; ++bi)
+      for (int v = 0; v < NV; ++v) a[bi][v] = _mm256_setzero_ps();
+    for (int i = 0; i < half; ++i) {
+      const uint32_t* r = Rp + static_cast<size_t>(i) * G + j0;
+      __m256 even[NV], odd[NV];
+      for (int v = 0; v < NV; ++v) {
+        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + 8 * v));
+        even[v] = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+        odd[v] = _mm256_castsi256_ps(_mm256_and_si256(w, high));
+      }
+      for (int bi = 0; bi < RB; ++bi) {
+        const __m256 y0 = _mm256_broadcast_ss(y + bi * D + 2 * i);
+        const __m256 y1 = _mm256_broadcast_ss(y + bi * D + 2 * i + 1);
+        for (int v = 0; v < NV; ++v) {
+          a[bi][v] = _mm256_fmadd_ps(y0, even[v], a[bi][v]);
+          a[bi][v] = _mm256_fmadd_ps(y1, odd[v], a[bi][v]);
+        }
+      }
+    }
+    for (int bi = 0; bi < RB; ++bi)
+      for (int v = 0; v < NV; ++v) _mm256_storeu_ps(acc + bi * G + j0 + 8 * v, a[bi][v]);
+  }
+}
+#endif
+
 struct Problem {
   const float* wx;    // (H, B, T, 4D), raw (rounded here); null when wx_bf16 is given
   const uint16_t* wx_bf16;  // the same as bfloat16 bits (fast mode: the projection's bfloat16 output)
@@ -183,6 +229,9 @@ void run_item(const Problem& p, int h, int b0, int b1) {
   const uint16_t* Rp = dot ? p.R_pairs + static_cast<size_t>(h) * D * G : nullptr;
   std::vector<uint32_t> yp(dot ? D / 2 : 0);
 #endif
+#if TIREX_BF16_PAIRS_AVX2
+  const bool pairs = BF16 && p.R_pairs != nullptr && G % 64 == 0 && D % 2 == 0;
+#endif
   for (int t = 0; t < p.T; ++t) {
     int bi = 0;
 #if TIREX_BF16_DOT
@@ -195,6 +244,13 @@ void run_item(const Problem& p, int h, int b0, int b1) {
           yp[r] = (to_bits(y[bi * D + 2 * r]) >> 16) | (to_bits(y[bi * D + 2 * r + 1]) & 0xFFFF0000u);
         matmul_rows_bf16<1, 8>(yp.data(), Rp, acc.data() + bi * G, D, G);
       }
+    } else
+#endif
+#if TIREX_BF16_PAIRS_AVX2
+    if (pairs) {
+      const uint32_t* Rp = reinterpret_cast<const uint32_t*>(p.R_pairs + static_cast<size_t>(h) * D * G);
+      for (; bi + 4 <= nb; bi += 4) matmul_rows_pairs<4, 2>(y.data() + bi * D, Rp, acc.data() + bi * G, D, G);
+      for (; bi < nb; ++bi) matmul_rows_pairs<1, 8>(y.data() + bi * D, Rp, acc.data() + bi * G, D, G);
     } else
 #endif
     if (G % 64 == 0) {
@@ -343,18 +399,21 @@ void tirex_silu_mul(const float* gate, const float* up, float* out, int rows, in
 // 1 if R_pairs is used (compiled with AVX512-BF16), else 0.
 int tirex_has_bf16_dot() { return TIREX_BF16_DOT; }
 
+// 1 if the recurrence reads R_pairs when given (AVX512-BF16 dot products, or AVX2 widening), else 0.
+int tirex_uses_bf16_pairs() { return TIREX_BF16_DOT || TIREX_BF16_PAIRS_AVX2; }
+
 // R_pairs: optional (H, D / 2, 4D, 2) bfloat16 repacking of R (see Problem), used when bf16 is set.
 int tirex_slstm_forward(const void* wx, int wx_is_bf16, const float* R, const uint16_t* R_pairs, const float* bias,
                         float* state, float* out, const float* norm_w, const float* residual, float eps, int H, int B,
                         int T, int D, int fresh, int bf16, int num_threads) {
   if (D % 8 != 0 || H <= 0 || B <= 0 || T <= 0) return 1;
-  Problem p{wx_is_bf16 ? nullptr : static_cast<const float*>(wx),
-            wx_is_bf16 ? static_cast<const uint16_t*>(wx) : nullptr,
-            R, R_pairs, bias, state, out, norm_w, residual, eps, H, B, T, D, fresh != 0};
   const int rows = 8;  // batch rows per item: a multiple of the 4-row matmul block
   std::vector<std::pair<int, int>> items;  // (head, first row)
   for (int h = 0; h < H; ++h)
     for (int b0 = 0; b0 < B; b0 += rows) items.emplace_back(h, b0);
+  Problem p{wx_is_bf16 ? nullptr : static_cast<const float*>(wx),
+            wx_is_bf16 ? static_cast<const uint16_t*>(wx) : nullptr,
+            R, R_pairs, bias, state, out, norm_w, residual, eps, H, B, T, D, fresh != 0};
   // Below ~8M multiply-adds (a tenth of a millisecond) starting a thread costs more than it saves. Small
   // forwards pass num_threads = 1 anyway (tirex.inference.small_forward_threads).
   const double multiply_adds = static_cast<double>(H) * B * T * D * 4.0 * D;
