@@ -47,7 +47,7 @@ def fixture_parity() -> None:
         denom = torch.tensor([_std(r, model.config.context_length) for r in rows]).view(-1, 1, 1)
         errs = []
         for fast in (False, True):
-            model.set_fast_mode(fast)
+            model.set_fast_mode(fast, force=True)
             q, _ = model.forecast(case["context"], rollout_steps=k, output_type="torch", **kwargs)
             err = (q.double() - case["quantiles"].double()).abs() / denom
             errs += [err.max().item(), err.mean().item()]
@@ -83,7 +83,7 @@ def offline_series(model_path, max_series: int) -> None:
             y = np.stack([np.asarray(s.xx, dtype=np.float64)[:h] for s in group])
             out = {}
             for fast in (False, True):
-                model.set_fast_mode(fast)
+                model.set_fast_mode(fast, force=True)
                 q, _ = model.forecast(ctx, prediction_length=h, output_type="torch")
                 out[fast] = q.double()
             denom = torch.tensor([_std(c, model.config.context_length) for c in ctx]).view(-1, 1, 1)
@@ -100,7 +100,7 @@ def speed(model_path, reps: int) -> None:
     times: dict[bool, list[float]] = {False: [], True: []}
     for i in range(reps + 1):
         for fast in (False, True):
-            model.set_fast_mode(fast)
+            model.set_fast_mode(fast, force=True)
             t = time.perf_counter()
             model.forecast(ctx, prediction_length=64, batch_size=32)
             if i:  # the first round warms up

@@ -133,7 +133,7 @@ def test_fast_mode_is_close_and_reversible():
     model = _small_model()
     ctx = torch.randn(4, 300).cumsum(-1)
     q_exact, _ = model.forecast(ctx, prediction_length=40, output_type="torch")
-    model.set_fast_mode(True)
+    assert model.set_fast_mode(True, force=True)
     q_fast, _ = model.forecast(ctx, prediction_length=40, output_type="torch")
     model.set_fast_mode(False)
     q_again, _ = model.forecast(ctx, prediction_length=40, output_type="torch")
@@ -141,6 +141,22 @@ def test_fast_mode_is_close_and_reversible():
     err = ((q_fast - q_exact).abs() / scale)
     assert 0 < err.mean() < 2e-2
     torch.testing.assert_close(q_again, q_exact)
+
+
+def test_fast_mode_is_skipped_with_a_warning_without_native_bfloat16(monkeypatch):
+    from tirex import inference
+
+    model = _small_model()
+    monkeypatch.setattr(inference, "cpu_has_fast_bf16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="no native bfloat16"):
+        assert model.set_fast_mode(True) is False
+    assert all(block.slstm.matmul_dtype == torch.float32 for block in model.blocks)
+    monkeypatch.setattr(inference, "cpu_has_fast_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert model.set_fast_mode(True) is True
+    assert all(block.slstm.matmul_dtype == torch.bfloat16 for block in model.blocks)
+    assert model.set_fast_mode(False) is False
 
 
 def test_stacked_rollout_passes_equal_sequential_passes(monkeypatch):
@@ -207,7 +223,7 @@ def test_bf16_dot_product_path_agrees_with_the_float32_product(monkeypatch):
         pytest.skip("kernel built without AVX512-BF16")
     wx, r, b = _inputs(4, 3, 40, 64, seed=7)
     y_dot, s_dot = slstm_recurrence(wx, r, b, None, True, "cpu")
-    monkeypatch.setattr(slstm, "bf16_pairs", lambda recurrent: None)  # no repacked R: the float32 product
+    monkeypatch.setattr(slstm, "bf16_pairs", lambda recurrent, block=0: None)  # no repacked R: the float32 product
     y_f32, s_f32 = slstm_recurrence(wx, r, b, None, True, "cpu")
     assert (y_dot == y_f32).float().mean() > 0.98
     assert (y_dot - y_f32).abs().mean() < 1e-3
@@ -226,7 +242,7 @@ def test_avx2_bf16_pairs_give_bitwise_the_float32_product(monkeypatch, batch):
     wx, r, b = _inputs(3, batch, 21, 64, seed=3)
     y_pairs, s_pairs = slstm_recurrence(wx, r, b, None, True, "cpu")
     calls = []
-    monkeypatch.setattr(slstm, "bf16_pairs", lambda recurrent: calls.append(1))  # None: the float32 product
+    monkeypatch.setattr(slstm, "bf16_pairs", lambda recurrent, block=0: calls.append(1))  # None: the float32 product
     y_f32, s_f32 = slstm_recurrence(wx, r, b, None, True, "cpu")
     assert calls, "the float32 product was not forced"
     assert torch.equal(y_pairs, y_f32)

@@ -98,6 +98,8 @@ def load() -> ctypes.CDLL | None:
             lib.tirex_has_bf16_dot.argtypes = []
             lib.tirex_uses_bf16_pairs.restype = i32
             lib.tirex_uses_bf16_pairs.argtypes = []
+            lib.tirex_bf16_pairs_block.restype = i32
+            lib.tirex_bf16_pairs_block.argtypes = []
             lib.tirex_rms_norm.restype = None
             lib.tirex_rms_norm.argtypes = [ptr] * 3 + [i32, i32, f32, i32, i32, i32]
             lib.tirex_silu_mul.restype = None

@@ -87,6 +87,15 @@ def recurrence_threads() -> int:
     return threads
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (oneDNN's check: AVX512-BF16 or AMX).
+    Elsewhere torch emulates them: 8 GFLOP/s against 45 for float32 on an AMD Zen 3 core."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 _local = threading.local()
 
 

@@ -271,17 +271,31 @@ class TiRexModel(nn.Module):
         for block in self.blocks:
             block.slstm.backend = backend
 
-    def set_fast_mode(self, enabled: bool = True) -> None:
+    def set_fast_mode(self, enabled: bool = True, force: bool = False) -> bool:
         """Opt-in fast inference: bfloat16 operands for the weight matmuls outside the recurrence.
 
         The recurrence keeps its numerics; forecasts move by a small fraction of the reference's
-        bfloat16 noise floor (see benchmarks/README_SECTION.md for measured speed and accuracy).
+        bfloat16 noise floor (README "Opt-in fast mode" has measured speed and accuracy).
         Training (grad enabled) always runs in float32.
+
+        On a CPU without native bfloat16 matmuls (no AVX512-BF16 / AMX; ``inference.cpu_has_fast_bf16``)
+        bfloat16 matmuls are emulated and about 20x slower than float32 ones, so the model stays in the
+        exact mode with a ``RuntimeWarning`` unless ``force=True``. Returns whether fast mode is on.
         """
+        if enabled and not force and next(self.parameters()).device.type == "cpu" and not inference.cpu_has_fast_bf16():
+            import warnings
+
+            warnings.warn(
+                "fast mode skipped: this CPU has no native bfloat16 matmuls (AVX512-BF16 / AMX), where they "
+                "run about 20x slower than float32 ones; the exact mode stays on (set_fast_mode(True, force=True) "
+                "to use it anyway)", RuntimeWarning, stacklevel=2,
+            )
+            enabled = False
         dtype = torch.bfloat16 if enabled else torch.float32
         for block in self.blocks:
             block.slstm.matmul_dtype = dtype
         self.prepare_inference()
+        return enabled
 
     def save_pretrained(self, directory) -> None:
         """Write ``config.json`` + ``model.safetensors`` into ``directory`` (``load_model`` reads it)."""

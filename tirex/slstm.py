@@ -131,11 +131,26 @@ def slstm_recurrence(
     return y.permute(2, 0, 1, 3), state
 
 
-def bf16_pairs(recurrent: torch.Tensor) -> torch.Tensor:
-    """(heads, D, 4D) bfloat16-exact float32 -> (heads, D / 2, 4D, 2) bfloat16: the layout of the CPU
-    kernel's AVX512-BF16 product (rows 2i and 2i + 1 of each column side by side)."""
+def bf16_pairs(recurrent: torch.Tensor, block: int = 0) -> torch.Tensor:
+    """(heads, D, 4D) bfloat16-exact float32 -> bfloat16 pairs for the CPU kernel's recurrent product (rows
+    2i and 2i + 1 of each column side by side): (heads, D / 2, 4D, 2) for the AVX512-BF16 product
+    (``block`` 0), (heads, 4D / block, D / 2, block, 2) in column blocks for the AVX2 one."""
     heads, dh, g = recurrent.shape
-    return recurrent.to(torch.bfloat16).view(heads, dh // 2, 2, g).transpose(2, 3).contiguous()
+    pairs = recurrent.to(torch.bfloat16).view(heads, dh // 2, 2, g).transpose(2, 3)  # (heads, D / 2, 4D, 2)
+    if block:
+        pairs = pairs.reshape(heads, dh // 2, g // block, block, 2).transpose(1, 2)
+    return pairs.contiguous()
+
+
+def pairs_block() -> int | None:
+    """The column block of the pairs layout the CPU kernel reads (see ``bf16_pairs``), or None if it
+    reads no pairs (or is unavailable)."""
+    from . import cpu_kernel
+
+    lib = cpu_kernel.load()
+    if lib is None or not lib.tirex_uses_bf16_pairs():
+        return None
+    return int(lib.tirex_bf16_pairs_block())
 
 
 def _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate_bf16, norm_weight=None, residual=None):
@@ -154,10 +169,10 @@ def _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate_bf16, norm_weight
     r = r.contiguous()
     lib = cpu_kernel.load()
     pairs = None
-    if emulate_bf16 and dh % 32 == 0 and lib.tirex_uses_bf16_pairs():
-        pairs = getattr(recurrent, "_tirex_bf16_pairs", None)
-        if pairs is None:
-            pairs = bf16_pairs(r)
+    block = pairs_block()
+    if emulate_bf16 and dh % 32 == 0 and block is not None:
+        cached = getattr(recurrent, "_tirex_bf16_pairs", None)  # (block, pairs) from _inference_weights
+        pairs = cached[1] if cached is not None and cached[0] == block else bf16_pairs(r, block)
     bias = bias.detach().float().contiguous()
     states = torch.empty(4, heads, batch, dh) if state is None else torch.stack([s.detach().float() for s in state])
     # the fused block output alternates between two reused residual-stream buffers within a forward
@@ -225,8 +240,9 @@ class SLSTMLayer(nn.Module):
                 recurrent = (_round_bf16(recurrent) if self.recurrence_dtype == "bfloat16" else recurrent).contiguous()
             if self.recurrence_dtype == "bfloat16":
                 recurrent._tirex_bf16_rounded = True
-                if recurrent.device.type == "cpu" and self.head_dim % 32 == 0:
-                    recurrent._tirex_bf16_pairs = bf16_pairs(recurrent)
+                block = pairs_block() if recurrent.device.type == "cpu" and self.head_dim % 32 == 0 else None
+                if block is not None:
+                    recurrent._tirex_bf16_pairs = (block, bf16_pairs(recurrent, block))
             cached = (key, (projection.to(self.matmul_dtype), recurrent))
             self._inference_cache = cached
         return cached[1]

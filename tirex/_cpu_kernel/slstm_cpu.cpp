@@ -145,20 +145,25 @@ inline void matmul_rows_bf16(const uint32_t* yp, const uint16_t* Rp, float* acc,
 
 
 #if TIREX_BF16_PAIRS_AVX2
-// acc[RB][G] = y[RB][D] @ R[D][G] with R as bfloat16 pairs: Rp (D / 2, G) 32-bit words holding R[2i][c]
-// in the low and R[2i + 1][c] in the high half. Shifting the low half up gives R[2i][c] as a float32,
-// masking off the low half gives R[2i + 1][c]. The products and their order (k ascending, one FMA
-// chain per column) are those of the float32 loop matmul_rows, so the results are bitwise the same.
+// acc[RB][G] = y[RB][D] @ R[D][G] with R as bfloat16 pairs: 32-bit words holding R[2i][c] in the low and
+// R[2i + 1][c] in the high half, in blocks of kPairBlock columns: Rp (G / kPairBlock, D / 2, kPairBlock),
+// so that each column block is one contiguous stretch the hardware prefetchers stream in. Shifting the
+// low half up gives R[2i][c] as a float32, masking off the low half gives R[2i + 1][c]. The products
+// and their order (k ascending, one FMA chain per column) are those of the float32 loop matmul_rows,
+// so the results are bitwise the same.
+constexpr int kPairBlock = 64;
 template <int RB, int NV>
 inline void matmul_rows_pairs(const float* y, const uint32_t* Rp, float* acc, int D, int G) {
+  static_assert(kPairBlock % (8 * NV) == 0, "column blocks of the product must not straddle pair blocks");
   const int half = D / 2;
   const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
   for (int j0 = 0; j0 < G; j0 += 8 * NV) {
     __m256 a[RB][NV];
     for (int bi = 0; bi < RB; ++bi)
       for (int v = 0; v < NV; ++v) a[bi][v] = _mm256_setzero_ps();
+    const uint32_t* block = Rp + static_cast<size_t>(j0 / kPairBlock) * half * kPairBlock + j0 % kPairBlock;
     for (int i = 0; i < half; ++i) {
-      const uint32_t* r = Rp + static_cast<size_t>(i) * G + j0;
+      const uint32_t* r = block + static_cast<size_t>(i) * kPairBlock;
       __m256 even[NV], odd[NV];
       for (int v = 0; v < NV; ++v) {
         const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + 8 * v));
@@ -230,7 +235,7 @@ void run_item(const Problem& p, int h, int b0, int b1) {
   std::vector<uint32_t> yp(dot ? D / 2 : 0);
 #endif
 #if TIREX_BF16_PAIRS_AVX2
-  const bool pairs = BF16 && p.R_pairs != nullptr && G % 64 == 0 && D % 2 == 0;
+  const bool pairs = BF16 && p.R_pairs != nullptr && G % kPairBlock == 0 && D % 2 == 0;
 #endif
   for (int t = 0; t < p.T; ++t) {
     int bi = 0;
@@ -401,6 +406,16 @@ int tirex_has_bf16_dot() { return TIREX_BF16_DOT; }
 
 // 1 if the recurrence reads R_pairs when given (AVX512-BF16 dot products, or AVX2 widening), else 0.
 int tirex_uses_bf16_pairs() { return TIREX_BF16_DOT || TIREX_BF16_PAIRS_AVX2; }
+
+// The column block of R_pairs: 0 for the (H, D / 2, 4D, 2) layout of the AVX512-BF16 product, else the
+// block width of the AVX2 layout (H, 4D / block, D / 2, block, 2).
+int tirex_bf16_pairs_block() {
+#if TIREX_BF16_PAIRS_AVX2
+  return kPairBlock;
+#else
+  return 0;
+#endif
+}
 
 // R_pairs: optional (H, D / 2, 4D, 2) bfloat16 repacking of R (see Problem), used when bf16 is set.
 int tirex_slstm_forward(const void* wx, int wx_is_bf16, const float* R, const uint16_t* R_pairs, const float* bias,
