@@ -254,24 +254,24 @@ def test_avx2_bf16_pairs_give_bitwise_the_float32_product(monkeypatch, batch):
 
 
 @needs_kernel
-def test_recurrence_threads_in_small_forwards(monkeypatch):
+def test_kernel_threads_in_small_forwards(monkeypatch):
     """Small forwards run their ops on one thread but the recurrence keeps torch's thread count (its
     threads never meet within a layer); results do not depend on it."""
     from tirex import inference, slstm
 
     monkeypatch.delenv("TIREX_SMALL_FORWARD_THREADS", raising=False)
-    monkeypatch.delenv("TIREX_RECURRENCE_THREADS", raising=False)
+    monkeypatch.delenv("TIREX_KERNEL_THREADS", raising=False)
     model = _small_model()
     seen = []
-    original = inference.recurrence_threads
-    monkeypatch.setattr(inference, "recurrence_threads", lambda: seen.append(original()) or seen[-1])
+    original = inference.kernel_threads
+    monkeypatch.setattr(inference, "kernel_threads", lambda: seen.append(original()) or seen[-1])
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         ctx = torch.randn(1, 300).cumsum(-1)
         q2, _ = model.forecast(ctx, prediction_length=20)
         assert seen and set(seen) == {2}
-        monkeypatch.setenv("TIREX_RECURRENCE_THREADS", "1")
+        monkeypatch.setenv("TIREX_KERNEL_THREADS", "1")
         seen.clear()
         q1, _ = model.forecast(ctx, prediction_length=20)
         assert set(seen) == {1}

@@ -100,6 +100,10 @@ def load() -> ctypes.CDLL | None:
             lib.tirex_uses_bf16_pairs.argtypes = []
             lib.tirex_bf16_pairs_block.restype = i32
             lib.tirex_bf16_pairs_block.argtypes = []
+            lib.tirex_has_gemm.restype = i32
+            lib.tirex_has_gemm.argtypes = []
+            lib.tirex_gemm.restype = i32
+            lib.tirex_gemm.argtypes = [ptr, i64, ptr, ptr, i64, ptr, ptr, i64] + [i32] * 5
             lib.tirex_rms_norm.restype = None
             lib.tirex_rms_norm.argtypes = [ptr] * 3 + [i32, i32, f32, i32, i32, i32]
             lib.tirex_silu_mul.restype = None

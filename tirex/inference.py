@@ -71,14 +71,15 @@ def single_thread_if_small(tokens: torch.Tensor, enabled: bool = True):
         torch.set_num_threads(threads)
 
 
-def recurrence_threads() -> int:
-    """Threads for the CPU recurrence kernel: torch's count, and in a small forward the count from before
-    ``single_thread_if_small`` reduced it. The kernel splits heads (and blocks of series) across threads
-    that run every time step without meeting again, so unlike a small matmul it gains from a second core
-    even at batch 1 (12.7 ms -> about 7 ms per forecast at the published size on 2 cores).
-    ``TIREX_RECURRENCE_THREADS`` (an integer) caps it."""
+def kernel_threads() -> int:
+    """Threads for the compiled kernels' big jobs (the recurrence, the weight matmuls): torch's count, and
+    in a small forward the count from before ``single_thread_if_small`` reduced it. The recurrence splits
+    heads (and blocks of series) across threads that run every time step without meeting again, the
+    matmuls split columns (each thread reads only its share of the weights), and their thread pool never
+    waits for a worker that has not started, so unlike torch's small ops they gain from a second core even
+    at batch 1. ``TIREX_KERNEL_THREADS`` (an integer) caps it."""
     threads = getattr(_local, "outer_threads", None) or torch.get_num_threads()
-    setting = os.environ.get("TIREX_RECURRENCE_THREADS", "").strip()
+    setting = os.environ.get("TIREX_KERNEL_THREADS", "").strip()
     if setting:
         try:
             return max(1, min(threads, int(setting)))
@@ -253,6 +254,7 @@ def ffn_residual_(h: torch.Tensor, norm: nn.Module, ffn: nn.Module, dtype: torch
     lib = _kernels(h)
     threads = torch.get_num_threads()
     cpu32 = dtype == torch.float32 and h.device.type == "cpu"
+    gemm = cpu32 and gemm_applies(lib, flat.shape[0], ffn.gate, ffn.up, ffn.down)
     for rows in flat.split(ROWS_PER_CHUNK):
         if lib is not None and dtype == torch.bfloat16:  # fast mode: bfloat16 end to end, no conversions
             x = rms_norm(rows, norm, dtype)
@@ -264,6 +266,11 @@ def ffn_residual_(h: torch.Tensor, norm: nn.Module, ffn: nn.Module, dtype: torch
             continue
         x = rms_norm(rows, norm, name="norm")
         hidden = (rows.shape[0], ffn.gate.out_features)
+        if gemm:  # both projections and the activation in one pass; the residual add inside the down matmul
+            gate = buffer("scratch", hidden)
+            gemm_(lib, x, ffn.gate.weight, gate, GEMM_SWIGLU, second=ffn.up.weight)
+            gemm_(lib, gate, ffn.down.weight, rows, GEMM_ACCUMULATE)
+            continue
         gate = linear(x, ffn.gate, dtype, out=buffer("scratch", hidden) if cpu32 else None)
         up = linear(x, ffn.up, dtype, out=buffer("scratch_2", hidden) if cpu32 else None)
         if lib is None:
@@ -282,8 +289,75 @@ def residual_block(u: torch.Tensor, block: nn.Module, dtype: torch.dtype) -> tor
     flat = u.reshape(-1, u.shape[-1])
     out = torch.empty(flat.shape[0], block.output.out_features, device=u.device)
     cpu32 = dtype == torch.float32 and u.device.type == "cpu"
+    lib = _kernels(flat) if cpu32 else None
+    gemm = cpu32 and gemm_applies(lib, flat.shape[0], block.hidden, block.output, block.residual)
     for rows, dst in zip(flat.split(ROWS_PER_CHUNK), out.split(ROWS_PER_CHUNK)):
         hidden = buffer("scratch", (rows.shape[0], block.hidden.out_features)) if cpu32 else None
+        if gemm:  # dst = W_r u + b_r, then dst += W_o relu(W_h u + b_h) + b_o
+            rows = rows.contiguous()
+            gemm_(lib, rows, block.hidden.weight, hidden, GEMM_RELU, bias=block.hidden.bias)
+            gemm_(lib, rows, block.residual.weight, dst, GEMM_STORE, bias=block.residual.bias)
+            gemm_(lib, hidden, block.output.weight, dst, GEMM_ACCUMULATE, bias=block.output.bias)
+            continue
         hidden = F.relu(linear(rows, block.hidden, dtype, out=hidden), inplace=True)
         torch.add(linear(hidden, block.output, dtype), linear(rows, block.residual, dtype), out=dst)
     return out.view(*u.shape[:-1], -1)
+
+
+# -- the compiled weight matmuls (tirex_gemm in the CPU kernel) ------------------------------------------
+GEMM_STORE, GEMM_ACCUMULATE, GEMM_RELU, GEMM_SWIGLU = 0, 1, 2, 3  # the kernel's GemmMode
+GEMM_MIN_ROWS = 4  # fewer rows (a one-token head, a stream update) are bound by reading the weights: torch
+
+
+def cpu_kernel_library():
+    """The compiled CPU kernels (``tirex.cpu_kernel.load``), or None."""
+    from . import cpu_kernel
+
+    return cpu_kernel.load()
+
+
+def gemm_enabled() -> bool:
+    """Whether the compiled weight matmuls are used: the kernel has them (built for an AVX2 + FMA CPU
+    without AVX-512) and ``TIREX_CPU_GEMM`` is not 0."""
+    if os.environ.get("TIREX_CPU_GEMM", "1").lower() in ("0", "false", "no", "off"):
+        return False
+    from . import cpu_kernel
+
+    lib = cpu_kernel.load()
+    return lib is not None and bool(lib.tirex_has_gemm())
+
+
+def _matmul_ready(weight: torch.Tensor) -> bool:
+    """A float32 CPU matrix whose transpose is row-major: how ``use_matmul_layout_`` stores weights."""
+    return (weight.dtype == torch.float32 and weight.device.type == "cpu" and weight.dim() == 2
+            and weight.stride(0) == 1 and weight.stride(1) == weight.shape[0])
+
+
+def gemm_applies(lib, rows: int, *layers: nn.Module) -> bool:
+    """Whether ``layers`` (nn.Linear) run on the compiled matmuls for ``rows`` input rows."""
+    return (lib is not None and rows >= GEMM_MIN_ROWS and gemm_enabled()
+            and all(_matmul_ready(layer.weight) for layer in layers))
+
+
+def gemm_(lib, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, mode: int,
+          bias: torch.Tensor | None = None, second: torch.Tensor | None = None) -> None:
+    """out (rows, out) [+]= x (rows, in) @ weight.t() with the kernel's epilogue ``mode``.
+
+    ``weight`` (out, in) is stored column-major, so ``weight.t()`` is the row-major (in, out) matrix the
+    kernel reads; ``second`` is the up projection of GEMM_SWIGLU. x and out need unit column strides.
+    """
+    rows, k = x.shape
+    n = weight.shape[0]
+    lib.tirex_gemm(x.data_ptr(), x.stride(0), weight.data_ptr(), None if second is None else second.data_ptr(),
+                   n, None if bias is None else bias.data_ptr(), out.data_ptr(), out.stride(0), rows, n, k, mode,
+                   kernel_threads())
+
+
+def gemm_heads_(lib, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> None:
+    """out[h] = x[h] @ weight[h] for (heads, rows, in) x and contiguous (heads, in, out) weight."""
+    heads, rows, k = x.shape
+    n = weight.shape[2]
+    threads = kernel_threads()
+    for h in range(heads):
+        lib.tirex_gemm(x[h].data_ptr(), x.stride(1), weight[h].data_ptr(), None, n, None, out[h].data_ptr(),
+                       out.stride(1), rows, n, k, GEMM_STORE, threads)

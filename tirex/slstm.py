@@ -186,7 +186,7 @@ def _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate_bf16, norm_weight
         wx.data_ptr(), int(wx.dtype == torch.bfloat16), r.data_ptr(), None if pairs is None else pairs.data_ptr(),
         bias.data_ptr(), states.data_ptr(), out.data_ptr(),
         None if norm_weight is None else norm_weight.data_ptr(), None if residual is None else residual.data_ptr(),
-        1e-5, heads, batch, steps, dh, int(state is None), int(emulate_bf16), inference.recurrence_threads(),
+        1e-5, heads, batch, steps, dh, int(state is None), int(emulate_bf16), inference.kernel_threads(),
     )
     if status != 0:
         return None, None
@@ -230,8 +230,9 @@ class SLSTMLayer(nn.Module):
             if self.recurrent.device.type == "cpu":
                 # numpy, single-threaded: on a busy CPU a few small torch ops here cost more than the
                 # whole first forecast (every parallel op waits for a descheduled worker thread)
-                projection = torch.from_numpy(np.concatenate(
-                    [w.detach().float().numpy().transpose(0, 2, 1) for w in params[:4]], axis=2))
+                # (heads, in, out) row-major: the layout of the compiled weight matmuls and of MKL's fast path
+                projection = torch.from_numpy(np.ascontiguousarray(np.concatenate(
+                    [w.detach().float().numpy().transpose(0, 2, 1) for w in params[:4]], axis=2)))
                 recurrent = _round_bf16_numpy(self.recurrent.detach().float().numpy()) if (
                     self.recurrence_dtype == "bfloat16") else self.recurrent.detach().float().contiguous()
             else:
@@ -273,7 +274,13 @@ class SLSTMLayer(nn.Module):
             xh = xh.to(weight.dtype)
         reuse = not torch.is_grad_enabled() and xh.device.type == "cpu"
         out = inference.buffer("scratch", (heads, batch * steps, 4 * dh), weight.dtype) if reuse else None
-        wx = torch.bmm(xh, weight, out=out).view(heads, batch, steps, 4 * dh)  # bfloat16 in fast mode
+        lib = inference.cpu_kernel_library() if reuse and weight.dtype == torch.float32 else None
+        if lib is not None and weight.is_contiguous() and xh.is_contiguous() and batch * steps >= inference.GEMM_MIN_ROWS \
+                and inference.gemm_enabled():
+            inference.gemm_heads_(lib, xh, weight, out)
+            wx = out.view(heads, batch, steps, 4 * dh)
+        else:
+            wx = torch.bmm(xh, weight, out=out).view(heads, batch, steps, 4 * dh)  # bfloat16 in fast mode
         bias = self.bias.reshape(heads, 4 * dh)
         emulate = self.recurrence_dtype == "bfloat16"
         if resolve(self.backend, wx) == "cpu":  # fused recurrence + group norm + residual

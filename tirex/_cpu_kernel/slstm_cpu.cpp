@@ -17,9 +17,14 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <condition_variable>
 #include <cstring>
+#include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
+
+#include <unistd.h>
 
 #if defined(__AVX512BF16__) && defined(__AVX512F__)
 #include <immintrin.h>
@@ -35,6 +40,16 @@
 #define TIREX_BF16_PAIRS_AVX2 1
 #else
 #define TIREX_BF16_PAIRS_AVX2 0
+#endif
+
+// The weight matmuls (tirex_gemm) are compiled for AVX2 + FMA CPUs without AVX-512; there MKL's small-M
+// path splits rows across threads (both threads then pack every weight) while this one splits columns.
+// On AVX-512 CPUs MKL is far ahead and the Python side keeps it.
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+#include <immintrin.h>
+#define TIREX_GEMM 1
+#else
+#define TIREX_GEMM 0
 #endif
 
 namespace {
@@ -315,19 +330,208 @@ void run_item(const Problem& p, int h, int b0, int b1) {
   }
 }
 
+#if TIREX_GEMM
+// ---- weight matmuls: C (M x N) = A (M x K) @ B (K x N), B row-major with row stride ldb ------------------
+// B is an nn.Linear weight as tirex.inference.use_matmul_layout_ stores it (column-major, so W^T is
+// row-major): no second copy of the weights. Work items are groups of 16-column panels (split across
+// threads by columns: each thread reads only its share of the weights). Per panel and block of
+// kKBlock rows of B, the 16 columns are copied into a contiguous L1 buffer, prefetching the panel
+// kPrefetch panels further right (rows of B are a page or more apart, which the hardware prefetchers
+// do not follow), and a 6 x 16 register block (12 accumulators, two loads of B and six broadcasts of A
+// per k) runs over every 6 rows of the row chunk. Epilogues fuse what follows the matmul in the model:
+enum GemmMode { kStore = 0, kAccumulate = 1, kRelu = 2, kSwiGlu = 3 };
+//   kStore:      C = A B (+ bias)        kAccumulate: C += A B (+ bias)        kRelu: C = max(A B + bias, 0)
+//   kSwiGlu:     C = silu(A G) * (A U): B0 = G and B1 = U (both K x N), 8 output columns per panel.
+constexpr int kKBlock = 256;    // 256 x 16 floats of B: 16 KB of L1
+constexpr int kRowChunk = 96;   // rows of A per pass over the panels: 96 x 512 floats stay in L2
+constexpr int kPrefetch = 2;
+
+template <int MR>
+inline void micro_kernel(const float* A, long lda, const float* Bp, int kc, float* acc, bool first) {
+  __m256 c0[MR], c1[MR];
+  for (int i = 0; i < MR; ++i) {
+    c0[i] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(acc + i * 16);
+    c1[i] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(acc + i * 16 + 8);
+  }
+  for (int k = 0; k < kc; ++k) {
+    const __m256 b0 = _mm256_load_ps(Bp + k * 16);
+    const __m256 b1 = _mm256_load_ps(Bp + k * 16 + 8);
+    for (int i = 0; i < MR; ++i) {
+      const __m256 a = _mm256_broadcast_ss(A + i * lda + k);
+      c0[i] = _mm256_fmadd_ps(a, b0, c0[i]);
+      c1[i] = _mm256_fmadd_ps(a, b1, c1[i]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    _mm256_storeu_ps(acc + i * 16, c0[i]);
+    _mm256_storeu_ps(acc + i * 16 + 8, c1[i]);
+  }
+}
+
+inline void micro_any(int mr, const float* A, long lda, const float* Bp, int kc, float* acc, bool first) {
+  switch (mr) {
+    case 6: micro_kernel<6>(A, lda, Bp, kc, acc, first); break;
+    case 5: micro_kernel<5>(A, lda, Bp, kc, acc, first); break;
+    case 4: micro_kernel<4>(A, lda, Bp, kc, acc, first); break;
+    case 3: micro_kernel<3>(A, lda, Bp, kc, acc, first); break;
+    case 2: micro_kernel<2>(A, lda, Bp, kc, acc, first); break;
+    default: micro_kernel<1>(A, lda, Bp, kc, acc, first); break;
+  }
+}
+
+struct Gemm {
+  const float* A; long lda;
+  const float* B0; const float* B1; long ldb;
+  const float* bias;
+  float* C; long ldc;
+  int M, N, K, mode;
+};
+
+// Output columns [j0, j0 + width) of rows [r0, r1) (at most kRowChunk rows); width = 16 (8 for kSwiGlu)
+// except at the right edge, where the panel is zero-padded.
+void gemm_panel(const Gemm& g, int r0, int r1, int j0) {
+  const bool swiglu = g.mode == kSwiGlu;
+  const int step = swiglu ? 8 : 16;
+  const int width = std::min(step, g.N - j0);
+  const float* B0 = g.B0 + j0;
+  const float* B1 = swiglu ? g.B1 + j0 : g.B0 + j0 + 8;
+  const bool ahead = j0 + (kPrefetch + 1) * step <= g.N;
+  alignas(32) float panel[kKBlock * 16];
+  alignas(32) float acc[kRowChunk * 16];
+  for (int k0 = 0; k0 < g.K; k0 += kKBlock) {
+    const int kc = std::min(kKBlock, g.K - k0);
+    if (width == step) {
+      for (int k = 0; k < kc; ++k) {
+        const float* b0 = B0 + static_cast<long>(k0 + k) * g.ldb;
+        const float* b1 = B1 + static_cast<long>(k0 + k) * g.ldb;
+        if (ahead) {
+          _mm_prefetch(reinterpret_cast<const char*>(b0 + kPrefetch * step), _MM_HINT_T0);
+          if (swiglu) _mm_prefetch(reinterpret_cast<const char*>(b1 + kPrefetch * step), _MM_HINT_T0);
+        }
+        _mm256_store_ps(panel + k * 16, _mm256_loadu_ps(b0));
+        _mm256_store_ps(panel + k * 16 + 8, _mm256_loadu_ps(b1));
+      }
+    } else {
+      std::fill(panel, panel + kc * 16, 0.0f);
+      for (int k = 0; k < kc; ++k)
+        for (int j = 0; j < width; ++j) {
+          panel[k * 16 + j] = B0[static_cast<long>(k0 + k) * g.ldb + j];
+          if (swiglu) panel[k * 16 + 8 + j] = B1[static_cast<long>(k0 + k) * g.ldb + j];
+        }
+    }
+    for (int i0 = r0; i0 < r1; i0 += 6)
+      micro_any(std::min(6, r1 - i0), g.A + static_cast<long>(i0) * g.lda + k0, g.lda, panel, kc,
+                acc + (i0 - r0) * 16, k0 == 0);
+  }
+  for (int i = r0; i < r1; ++i) {
+    float* c = g.C + static_cast<long>(i) * g.ldc + j0;
+    const float* a = acc + (i - r0) * 16;
+    if (swiglu) {
+      float out[8];
+#pragma omp simd
+      for (int j = 0; j < 8; ++j) out[j] = (a[j] / (1.0f + exp_f(-a[j]))) * a[8 + j];
+      for (int j = 0; j < width; ++j) c[j] = out[j];
+    } else if (g.mode == kStore) {
+      for (int j = 0; j < width; ++j) c[j] = g.bias ? a[j] + g.bias[j0 + j] : a[j];
+    } else if (g.mode == kAccumulate) {
+      for (int j = 0; j < width; ++j) c[j] += g.bias ? a[j] + g.bias[j0 + j] : a[j];
+    } else {
+      for (int j = 0; j < width; ++j) c[j] = std::max(g.bias ? a[j] + g.bias[j0 + j] : a[j], 0.0f);
+    }
+  }
+}
+#endif
+
+// A persistent pool of worker threads. run(n, threads, fn) calls fn(i) for every i in [0, n) on the caller
+// and up to threads - 1 workers. Items are claimed one at a time with a compare-and-swap on
+// (job generation, next item); the caller itself does every item that no worker has claimed and then
+// waits only for items a worker has started. A worker that the OS does not schedule in time (another
+// process holds the core) therefore costs nothing: there is no join, and no thread start per call.
+class Pool {
+ public:
+  void run(int n, int threads, const std::function<void(int)>& fn) {
+    if (threads <= 1 || n <= 1) {
+      for (int i = 0; i < n; ++i) fn(i);
+      return;
+    }
+    std::unique_lock<std::mutex> job(job_mutex_, std::try_to_lock);
+    if (!job.owns_lock()) {  // another Python thread's job is running: do this one alone
+      for (int i = 0; i < n; ++i) fn(i);
+      return;
+    }
+    uint32_t gen;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      while (static_cast<int>(workers_.size()) < threads - 1) {
+        workers_.emplace_back([this] { worker(); });
+        workers_.back().detach();  // the pool lives as long as the process
+      }
+      fn_ = &fn;
+      n_ = n;
+      allowed_ = threads - 1;
+      joined_.store(0);
+      done_.store(0);
+      gen = ++gen_;
+      state_.store(static_cast<uint64_t>(gen) << 32, std::memory_order_release);
+    }
+    wake_.notify_all();
+    claim(gen);
+    for (int spins = 0; done_.load(std::memory_order_acquire) < n; ++spins)
+      if (spins > 64) std::this_thread::yield();
+  }
+
+ private:
+  void claim(uint32_t gen) {
+    for (;;) {
+      uint64_t s = state_.load(std::memory_order_acquire);
+      if ((s >> 32) != gen) return;
+      const uint32_t i = static_cast<uint32_t>(s);
+      if (static_cast<int>(i) >= n_) return;
+      if (!state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) continue;
+      (*fn_)(static_cast<int>(i));  // the job outlives every claimed item: run() waits for them
+      done_.fetch_add(1, std::memory_order_release);
+    }
+  }
+
+  void worker() {
+    uint32_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return gen_ != seen; });
+        seen = gen_;
+      }
+      if (joined_.fetch_add(1) < allowed_) claim(seen);
+    }
+  }
+
+  std::mutex job_mutex_, mutex_;
+  std::condition_variable wake_;
+  std::vector<std::thread> workers_;
+  const std::function<void(int)>* fn_ = nullptr;
+  int n_ = 0, allowed_ = 0;
+  uint32_t gen_ = 0;
+  std::atomic<uint64_t> state_{0};
+  std::atomic<int> joined_{0}, done_{0};
+};
+
+Pool& pool() {
+  // a forked child has none of its parent's worker threads: it starts a pool of its own
+  static Pool* instance = new Pool;
+  static pid_t owner = getpid();
+  if (owner != getpid()) {
+    owner = getpid();
+    instance = new Pool;
+  }
+  return *instance;
+}
+
 // fn(begin, end) over [0, n) in blocks of `grain`, handed out dynamically to up to num_threads threads.
 template <class F>
 void parallel_for(int n, int grain, int num_threads, F fn) {
   const int blocks = (n + grain - 1) / grain;  // callers pick grains of ~0.1 ms or more
   const int workers = std::max(1, std::min(num_threads, blocks));
-  std::atomic<int> next{0};
-  auto work = [&]() {
-    for (int i = next++; i < blocks; i = next++) fn(i * grain, std::min(n, (i + 1) * grain));
-  };
-  std::vector<std::thread> threads;
-  for (int w = 1; w < workers; ++w) threads.emplace_back(work);
-  work();
-  for (auto& th : threads) th.join();
+  pool().run(blocks, workers, [&](int i) { fn(i * grain, std::min(n, (i + 1) * grain)); });
 }
 
 }  // namespace
@@ -401,6 +605,37 @@ void tirex_silu_mul(const float* gate, const float* up, float* out, int rows, in
 
 // With norm_w non-null the output is residual + group_norm(y) * (1 + norm_w) (residual may be null).
 // wx is float32, or bfloat16 bits when wx_is_bf16 is set.
+// 1 if tirex_gemm is compiled in (AVX2 + FMA without AVX-512), else 0.
+int tirex_has_gemm() { return TIREX_GEMM; }
+
+// C = A @ B with the epilogue `mode` (see GemmMode): A (M x K, row stride lda), B0 / B1 (K x N, row
+// stride ldb; B1 only for kSwiGlu), bias (N) or null, C (M x N, row stride ldc). Returns 1 if not compiled in.
+int tirex_gemm(const float* A, long lda, const float* B0, const float* B1, long ldb, const float* bias, float* C,
+               long ldc, int M, int N, int K, int mode, int num_threads) {
+#if TIREX_GEMM
+  if (M <= 0 || N <= 0 || K <= 0) return 0;
+  Gemm g{A, lda, B0, B1, ldb, bias, C, ldc, M, N, K, mode};
+  const int step = mode == kSwiGlu ? 8 : 16;
+  const int panels = (N + step - 1) / step;
+  const int chunks = (M + kRowChunk - 1) / kRowChunk;
+  // work items: (row chunk, group of panels) of about 1M multiply-adds or more
+  const long per_panel = static_cast<long>(std::min(M, kRowChunk)) * K * 16;
+  const int group = std::max(1, std::min(panels, static_cast<int>(1000000 / std::max(per_panel, 1L))));
+  const int groups = (panels + group - 1) / group;
+  const int threads = static_cast<double>(M) * N * K < 2e6 ? 1 : num_threads;
+  pool().run(chunks * groups, std::min(threads, chunks * groups), [&](int w) {
+    const int ci = w / groups, gi = w % groups;
+    const int r0 = ci * kRowChunk, r1 = std::min(M, r0 + kRowChunk);
+    for (int q = gi * group; q < std::min(panels, (gi + 1) * group); ++q) gemm_panel(g, r0, r1, q * step);
+  });
+  return 0;
+#else
+  (void)A; (void)lda; (void)B0; (void)B1; (void)ldb; (void)bias; (void)C; (void)ldc; (void)M; (void)N; (void)K;
+  (void)mode; (void)num_threads;
+  return 1;
+#endif
+}
+
 // 1 if R_pairs is used (compiled with AVX512-BF16), else 0.
 int tirex_has_bf16_dot() { return TIREX_BF16_DOT; }
 
@@ -434,17 +669,11 @@ int tirex_slstm_forward(const void* wx, int wx_is_bf16, const float* R, const ui
   const double multiply_adds = static_cast<double>(H) * B * T * D * 4.0 * D;
   const int wanted = multiply_adds < 8e6 ? 1 : num_threads;
   const int workers = std::max(1, std::min<int>(wanted, static_cast<int>(items.size())));
-  std::atomic<size_t> next{0};  // dynamic hand-out: a thread slowed by other load simply takes fewer items
-  auto work = [&](int) {
-    for (size_t i = next++; i < items.size(); i = next++) {
-      const int h = items[i].first, b0 = items[i].second, b1 = std::min(B, b0 + rows);
-      if (bf16) run_item<true>(p, h, b0, b1); else run_item<false>(p, h, b0, b1);
-    }
-  };
-  std::vector<std::thread> threads;
-  for (int w = 1; w < workers; ++w) threads.emplace_back(work, w);
-  work(0);
-  for (auto& th : threads) th.join();
+  // dynamic hand-out (see Pool): a thread slowed by other load simply takes fewer items
+  pool().run(static_cast<int>(items.size()), workers, [&](int i) {
+    const int h = items[i].first, b0 = items[i].second, b1 = std::min(B, b0 + rows);
+    if (bf16) run_item<true>(p, h, b0, b1); else run_item<false>(p, h, b0, b1);
+  });
   return 0;
 }
 
