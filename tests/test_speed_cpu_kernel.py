@@ -281,6 +281,56 @@ def test_kernel_threads_in_small_forwards(monkeypatch):
         torch.set_num_threads(before)
 
 
+needs_gemm = pytest.mark.skipif(cpu_kernel.load() is None or not cpu_kernel.load().tirex_has_gemm(),
+                                reason="kernel built without the AVX2 weight matmuls")
+
+
+@needs_gemm
+@pytest.mark.parametrize("mode", [0, 1, 2, 3])  # store, accumulate, relu, swiglu
+@pytest.mark.parametrize("k, n", [(512, 1408), (64, 100), (300, 77), (1408, 40)])
+def test_compiled_matmuls_are_right_and_rows_do_not_depend_on_each_other(mode, k, n):
+    """tirex_gemm against torch for every epilogue (edge panels, k blocks, both row paths), and each row of
+    a 13-row product bitwise equal to the same row alone or among 3 (results do not depend on the batch)."""
+    lib = cpu_kernel.load()
+    g = torch.Generator().manual_seed(mode * 1000 + k + n)
+    a = torch.randn(13, k, generator=g)
+    w0, w1 = torch.randn(k, n, generator=g), torch.randn(k, n, generator=g)  # row-major (in, out)
+    bias = None if mode == 3 else torch.randn(n, generator=g)
+    base = torch.randn(13, n, generator=g)
+
+    def run(rows, threads):
+        out = base[:rows].clone()
+        lib.tirex_gemm(a.data_ptr(), k, w0.data_ptr(), w1.data_ptr(), n, None if bias is None else bias.data_ptr(),
+                       out.data_ptr(), n, rows, n, k, mode, threads)
+        return out
+
+    full = run(13, 2)
+    b = 0 if bias is None else bias
+    expected = {0: a @ w0 + b, 1: base + a @ w0 + b, 2: torch.relu(a @ w0 + b),
+                3: torch.nn.functional.silu(a @ w0) * (a @ w1)}[mode]
+    torch.testing.assert_close(full, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    assert torch.equal(run(3, 1), full[:3])
+    assert torch.equal(run(1, 1)[0], full[0])
+
+
+@needs_gemm
+def test_compiled_matmuls_in_the_model_match_torch_matmuls(monkeypatch):
+    model = _small_model()
+    ctx = torch.randn(5, 300).cumsum(-1)
+    q_gemm, _ = model.forecast(ctx, prediction_length=40)
+    monkeypatch.setenv("TIREX_CPU_GEMM", "0")
+    q_torch, _ = model.forecast(ctx, prediction_length=40)
+    scale = ctx[:, -256:].std(dim=1).view(-1, 1, 1)
+    assert ((q_gemm - q_torch).abs() / scale).max() < 1e-2  # float32 rounding order, through the bf16 recurrence
+    monkeypatch.setenv("TIREX_CPU_GEMM", "1")
+    model.set_recurrence_dtype("float32")
+    tokens = torch.randn(2, 8, 64)
+    with torch.no_grad():
+        fast = model(tokens)  # no grad: the inference path (compiled matmuls)
+    slow = model(tokens).detach()  # grad enabled: the plain modules
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-4)
+
+
 def test_inference_stores_linear_weights_column_major_without_changing_anything_else(tmp_path):
     from tirex import load_model
 

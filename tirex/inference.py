@@ -254,7 +254,7 @@ def ffn_residual_(h: torch.Tensor, norm: nn.Module, ffn: nn.Module, dtype: torch
     lib = _kernels(h)
     threads = torch.get_num_threads()
     cpu32 = dtype == torch.float32 and h.device.type == "cpu"
-    gemm = cpu32 and gemm_applies(lib, flat.shape[0], ffn.gate, ffn.up, ffn.down)
+    gemm = cpu32 and gemm_applies(lib, ffn.gate, ffn.up, ffn.down)
     for rows in flat.split(ROWS_PER_CHUNK):
         if lib is not None and dtype == torch.bfloat16:  # fast mode: bfloat16 end to end, no conversions
             x = rms_norm(rows, norm, dtype)
@@ -290,7 +290,7 @@ def residual_block(u: torch.Tensor, block: nn.Module, dtype: torch.dtype) -> tor
     out = torch.empty(flat.shape[0], block.output.out_features, device=u.device)
     cpu32 = dtype == torch.float32 and u.device.type == "cpu"
     lib = _kernels(flat) if cpu32 else None
-    gemm = cpu32 and gemm_applies(lib, flat.shape[0], block.hidden, block.output, block.residual)
+    gemm = cpu32 and gemm_applies(lib, block.hidden, block.output, block.residual)
     for rows, dst in zip(flat.split(ROWS_PER_CHUNK), out.split(ROWS_PER_CHUNK)):
         hidden = buffer("scratch", (rows.shape[0], block.hidden.out_features)) if cpu32 else None
         if gemm:  # dst = W_r u + b_r, then dst += W_o relu(W_h u + b_h) + b_o
@@ -306,7 +306,6 @@ def residual_block(u: torch.Tensor, block: nn.Module, dtype: torch.dtype) -> tor
 
 # -- the compiled weight matmuls (tirex_gemm in the CPU kernel) ------------------------------------------
 GEMM_STORE, GEMM_ACCUMULATE, GEMM_RELU, GEMM_SWIGLU = 0, 1, 2, 3  # the kernel's GemmMode
-GEMM_MIN_ROWS = 4  # fewer rows (a one-token head, a stream update) are bound by reading the weights: torch
 
 
 def cpu_kernel_library():
@@ -333,10 +332,10 @@ def _matmul_ready(weight: torch.Tensor) -> bool:
             and weight.stride(0) == 1 and weight.stride(1) == weight.shape[0])
 
 
-def gemm_applies(lib, rows: int, *layers: nn.Module) -> bool:
-    """Whether ``layers`` (nn.Linear) run on the compiled matmuls for ``rows`` input rows."""
-    return (lib is not None and rows >= GEMM_MIN_ROWS and gemm_enabled()
-            and all(_matmul_ready(layer.weight) for layer in layers))
+def gemm_applies(lib, *layers: nn.Module) -> bool:
+    """Whether ``layers`` (nn.Linear) run on the compiled matmuls. Whatever the number of rows: a row's
+    result must not depend on which other rows share the matmul (batch composition)."""
+    return lib is not None and gemm_enabled() and all(_matmul_ready(layer.weight) for layer in layers)
 
 
 def gemm_(lib, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, mode: int,

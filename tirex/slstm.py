@@ -275,8 +275,7 @@ class SLSTMLayer(nn.Module):
         reuse = not torch.is_grad_enabled() and xh.device.type == "cpu"
         out = inference.buffer("scratch", (heads, batch * steps, 4 * dh), weight.dtype) if reuse else None
         lib = inference.cpu_kernel_library() if reuse and weight.dtype == torch.float32 else None
-        if lib is not None and weight.is_contiguous() and xh.is_contiguous() and batch * steps >= inference.GEMM_MIN_ROWS \
-                and inference.gemm_enabled():
+        if lib is not None and weight.is_contiguous() and xh.is_contiguous() and inference.gemm_enabled():
             inference.gemm_heads_(lib, xh, weight, out)
             wx = out.view(heads, batch, steps, 4 * dh)
         else:

@@ -440,6 +440,62 @@ void gemm_panel(const Gemm& g, int r0, int r1, int j0) {
     }
   }
 }
+
+// Rows [r0, r1) of output columns [j0, j0 + 64) (32 gate and 32 up columns for kSwiGlu) straight from B,
+// for matmuls of fewer than 6 rows (a one-token head, a stream update), which are bound by reading B
+// once: per output the same FMA chain over k as micro_kernel, so a row's result never depends on how
+// many rows share the matmul.
+void gemm_columns(const Gemm& g, int r0, int r1, int j0) {
+  const bool swiglu = g.mode == kSwiGlu;
+  const int step = swiglu ? 32 : 64;
+  const int width = std::min(step, g.N - j0);
+  for (int i = r0; i < r1; ++i) {
+    const float* a = g.A + static_cast<long>(i) * g.lda;
+    alignas(32) float acc[64];
+    if (width == step) {
+      __m256 c[8];
+      for (int v = 0; v < 8; ++v) c[v] = _mm256_setzero_ps();
+      for (int k = 0; k < g.K; ++k) {
+        const float* b0 = g.B0 + static_cast<long>(k) * g.ldb + j0;
+        const float* b1 = swiglu ? g.B1 + static_cast<long>(k) * g.ldb + j0 : b0 + 32;
+        if (k + 8 < g.K) {  // rows of B are far apart: fetch 8 rows ahead
+          for (int l = 0; l < 2; ++l) {
+            _mm_prefetch(reinterpret_cast<const char*>(b0 + 8 * g.ldb + 16 * l), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(b1 + 8 * g.ldb + 16 * l), _MM_HINT_T0);
+          }
+        }
+        const __m256 av = _mm256_broadcast_ss(a + k);
+        for (int v = 0; v < 4; ++v) c[v] = _mm256_fmadd_ps(av, _mm256_loadu_ps(b0 + 8 * v), c[v]);
+        for (int v = 0; v < 4; ++v) c[4 + v] = _mm256_fmadd_ps(av, _mm256_loadu_ps(b1 + 8 * v), c[4 + v]);
+      }
+      for (int v = 0; v < 8; ++v) _mm256_store_ps(acc + 8 * v, c[v]);
+    } else {
+      const int half = swiglu ? 32 : 0;
+      for (int j = 0; j < width; ++j) {
+        float s0 = 0.0f, s1 = 0.0f;
+        for (int k = 0; k < g.K; ++k) {
+          s0 = __builtin_fmaf(a[k], g.B0[static_cast<long>(k) * g.ldb + j0 + j], s0);
+          if (swiglu) s1 = __builtin_fmaf(a[k], g.B1[static_cast<long>(k) * g.ldb + j0 + j], s1);
+        }
+        acc[j] = s0;
+        if (swiglu) acc[half + j] = s1;
+      }
+    }
+    float* c = g.C + static_cast<long>(i) * g.ldc + j0;
+    if (swiglu) {
+      float out[32];
+#pragma omp simd
+      for (int j = 0; j < 32; ++j) out[j] = (acc[j] / (1.0f + exp_f(-acc[j]))) * acc[32 + j];
+      for (int j = 0; j < width; ++j) c[j] = out[j];
+    } else if (g.mode == kStore) {
+      for (int j = 0; j < width; ++j) c[j] = g.bias ? acc[j] + g.bias[j0 + j] : acc[j];
+    } else if (g.mode == kAccumulate) {
+      for (int j = 0; j < width; ++j) c[j] += g.bias ? acc[j] + g.bias[j0 + j] : acc[j];
+    } else {
+      for (int j = 0; j < width; ++j) c[j] = std::max(g.bias ? acc[j] + g.bias[j0 + j] : acc[j], 0.0f);
+    }
+  }
+}
 #endif
 
 // A persistent pool of worker threads. run(n, threads, fn) calls fn(i) for every i in [0, n) on the caller
@@ -615,6 +671,13 @@ int tirex_gemm(const float* A, long lda, const float* B0, const float* B1, long 
 #if TIREX_GEMM
   if (M <= 0 || N <= 0 || K <= 0) return 0;
   Gemm g{A, lda, B0, B1, ldb, bias, C, ldc, M, N, K, mode};
+  const int threads = static_cast<double>(M) * N * K < 2e6 ? 1 : num_threads;
+  if (M < 6) {  // too few rows to reuse a panel: stream B once, in blocks of 64 columns
+    const int cstep = mode == kSwiGlu ? 32 : 64;
+    const int blocks = (N + cstep - 1) / cstep;
+    pool().run(blocks, std::min(threads, blocks), [&](int q) { gemm_columns(g, 0, M, q * cstep); });
+    return 0;
+  }
   const int step = mode == kSwiGlu ? 8 : 16;
   const int panels = (N + step - 1) / step;
   const int chunks = (M + kRowChunk - 1) / kRowChunk;
@@ -622,7 +685,6 @@ int tirex_gemm(const float* A, long lda, const float* B0, const float* B1, long 
   const long per_panel = static_cast<long>(std::min(M, kRowChunk)) * K * 16;
   const int group = std::max(1, std::min(panels, static_cast<int>(1000000 / std::max(per_panel, 1L))));
   const int groups = (panels + group - 1) / group;
-  const int threads = static_cast<double>(M) * N * K < 2e6 ? 1 : num_threads;
   pool().run(chunks * groups, std::min(threads, chunks * groups), [&](int w) {
     const int ci = w / groups, gi = w % groups;
     const int r0 = ci * kRowChunk, r1 = std::min(M, r0 + kRowChunk);
