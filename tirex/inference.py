@@ -37,13 +37,18 @@ def small_forward_threads(threads: int) -> int:
     another process holds the second core, every parallel op waits for a descheduled worker instead
     (0.25 s against 0.09 s per forecast on this project's shared machines). One thread is the better default.
     """
-    setting = os.environ.get("TIREX_SMALL_FORWARD_THREADS", "").strip()
+    return _thread_setting("TIREX_SMALL_FORWARD_THREADS", threads, 1)
+
+
+def _thread_setting(name: str, threads: int, default: int) -> int:
+    """The integer in environment variable ``name``, within [1, threads]; ``default`` if unset or unreadable."""
+    setting = os.environ.get(name, "").strip()
     if setting:
         try:
             return max(1, min(threads, int(setting)))
         except ValueError:
             pass
-    return 1
+    return default
 
 
 @contextlib.contextmanager
@@ -79,13 +84,7 @@ def kernel_threads() -> int:
     waits for a worker that has not started, so unlike torch's small ops they gain from a second core even
     at batch 1. ``TIREX_KERNEL_THREADS`` (an integer) caps it."""
     threads = getattr(_local, "outer_threads", None) or torch.get_num_threads()
-    setting = os.environ.get("TIREX_KERNEL_THREADS", "").strip()
-    if setting:
-        try:
-            return max(1, min(threads, int(setting)))
-        except ValueError:
-            pass
-    return threads
+    return _thread_setting("TIREX_KERNEL_THREADS", threads, threads)
 
 
 def cpu_has_fast_bf16() -> bool:

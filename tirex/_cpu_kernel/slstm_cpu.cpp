@@ -387,6 +387,26 @@ struct Gemm {
   int M, N, K, mode;
 };
 
+// The finished sums of `width` outputs of one row (columns j0 ...) into c, per g.mode; for kSwiGlu the
+// up projection's sums follow `up` floats after the gate's.
+inline void epilogue(const Gemm& g, const float* acc, int up, float* c, int j0, int width) {
+  const float* bias = g.bias ? g.bias + j0 : nullptr;
+  switch (g.mode) {
+    case kSwiGlu:
+#pragma omp simd
+      for (int j = 0; j < width; ++j) c[j] = (acc[j] / (1.0f + exp_f(-acc[j]))) * acc[up + j];
+      break;
+    case kStore:
+      for (int j = 0; j < width; ++j) c[j] = bias ? acc[j] + bias[j] : acc[j];
+      break;
+    case kAccumulate:
+      for (int j = 0; j < width; ++j) c[j] += bias ? acc[j] + bias[j] : acc[j];
+      break;
+    default:  // kRelu
+      for (int j = 0; j < width; ++j) c[j] = std::max(bias ? acc[j] + bias[j] : acc[j], 0.0f);
+  }
+}
+
 // Output columns [j0, j0 + width) of rows [r0, r1) (at most kRowChunk rows); width = 16 (8 for kSwiGlu)
 // except at the right edge, where the panel is zero-padded.
 void gemm_panel(const Gemm& g, int r0, int r1, int j0) {
@@ -423,22 +443,8 @@ void gemm_panel(const Gemm& g, int r0, int r1, int j0) {
       micro_any(std::min(6, r1 - i0), g.A + static_cast<long>(i0) * g.lda + k0, g.lda, panel, kc,
                 acc + (i0 - r0) * 16, k0 == 0);
   }
-  for (int i = r0; i < r1; ++i) {
-    float* c = g.C + static_cast<long>(i) * g.ldc + j0;
-    const float* a = acc + (i - r0) * 16;
-    if (swiglu) {
-      float out[8];
-#pragma omp simd
-      for (int j = 0; j < 8; ++j) out[j] = (a[j] / (1.0f + exp_f(-a[j]))) * a[8 + j];
-      for (int j = 0; j < width; ++j) c[j] = out[j];
-    } else if (g.mode == kStore) {
-      for (int j = 0; j < width; ++j) c[j] = g.bias ? a[j] + g.bias[j0 + j] : a[j];
-    } else if (g.mode == kAccumulate) {
-      for (int j = 0; j < width; ++j) c[j] += g.bias ? a[j] + g.bias[j0 + j] : a[j];
-    } else {
-      for (int j = 0; j < width; ++j) c[j] = std::max(g.bias ? a[j] + g.bias[j0 + j] : a[j], 0.0f);
-    }
-  }
+  for (int i = r0; i < r1; ++i)
+    epilogue(g, acc + (i - r0) * 16, 8, g.C + static_cast<long>(i) * g.ldc + j0, j0, width);
 }
 
 // Rows [r0, r1) of output columns [j0, j0 + 64) (32 gate and 32 up columns for kSwiGlu) straight from B,
@@ -481,19 +487,7 @@ void gemm_columns(const Gemm& g, int r0, int r1, int j0) {
         if (swiglu) acc[half + j] = s1;
       }
     }
-    float* c = g.C + static_cast<long>(i) * g.ldc + j0;
-    if (swiglu) {
-      float out[32];
-#pragma omp simd
-      for (int j = 0; j < 32; ++j) out[j] = (acc[j] / (1.0f + exp_f(-acc[j]))) * acc[32 + j];
-      for (int j = 0; j < width; ++j) c[j] = out[j];
-    } else if (g.mode == kStore) {
-      for (int j = 0; j < width; ++j) c[j] = g.bias ? acc[j] + g.bias[j0 + j] : acc[j];
-    } else if (g.mode == kAccumulate) {
-      for (int j = 0; j < width; ++j) c[j] += g.bias ? acc[j] + g.bias[j0 + j] : acc[j];
-    } else {
-      for (int j = 0; j < width; ++j) c[j] = std::max(g.bias ? acc[j] + g.bias[j0 + j] : acc[j], 0.0f);
-    }
+    epilogue(g, acc, 32, g.C + static_cast<long>(i) * g.ldc + j0, j0, width);
   }
 }
 #endif
