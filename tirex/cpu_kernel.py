@@ -1,4 +1,5 @@
-"""The compiled CPU kernels (sLSTM recurrence, RMSNorm, SwiGLU activation), loaded with ctypes.
+"""The compiled CPU kernels (sLSTM recurrence, RMSNorm, SwiGLU activation, and on AVX2 CPUs without
+AVX-512 the weight matmuls), loaded with ctypes. They share one persistent thread pool.
 
 Built from ``_cpu_kernel/slstm_cpu.cpp`` on first use and cached.
 

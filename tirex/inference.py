@@ -4,7 +4,9 @@ Training runs the plain modules (autograd). At inference the same maths runs wit
 ops: RMSNorm and the SwiGLU activation are single passes of the compiled CPU helpers
 (``tirex.cpu_kernel``; torch ops elsewhere), the feed-forward adds into the residual stream in place
 (inside the down-projection matmul), and rows are processed in chunks so that temporaries stay
-bounded for large batches. Results equal the plain modules' up to float32 rounding order.
+bounded for large batches. On AVX2 CPUs without AVX-512 the weight matmuls themselves run in the
+compiled kernel (``tirex_gemm``, with the activation, residual add and biases fused in; see
+``gemm_enabled``). Results equal the plain modules' up to float32 rounding order.
 
 ``matmul_dtype=torch.bfloat16`` is the opt-in fast mode (``TiRexModel.set_fast_mode``): the weight
 matmuls outside the recurrence take bfloat16 operands (float32 accumulation); norms, residual sums

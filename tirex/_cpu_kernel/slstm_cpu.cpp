@@ -1,4 +1,5 @@
-// The sLSTM recurrence on CPU: every time step of one layer in a single call.
+// The sLSTM recurrence on CPU: every time step of one layer in a single call; the fused norms and
+// activations around it; on AVX2 CPUs without AVX-512 the weight matmuls (tirex_gemm); one thread pool.
 //
 // Plain C ABI (no torch headers) so that it compiles in about a second on first use; the Python side
 // (tirex/backends.py) passes raw float32 pointers of contiguous tensors.
