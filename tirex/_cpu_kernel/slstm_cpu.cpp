@@ -180,6 +180,15 @@ inline void matmul_rows_pairs(const float* y, const uint32_t* Rp, float* acc, in
     const uint32_t* block = Rp + static_cast<size_t>(j0 / kPairBlock) * half * kPairBlock + j0 % kPairBlock;
     for (int i = 0; i < half; ++i) {
       const uint32_t* r = block + static_cast<size_t>(i) * kPairBlock;
+      if constexpr (RB == 1) {  // widen one vector at a time: 8 accumulators + 8 x 2 widened ones would spill
+        const __m256 y0 = _mm256_broadcast_ss(y + 2 * i), y1 = _mm256_broadcast_ss(y + 2 * i + 1);
+        for (int v = 0; v < NV; ++v) {
+          const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + 8 * v));
+          a[0][v] = _mm256_fmadd_ps(y0, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)), a[0][v]);
+          a[0][v] = _mm256_fmadd_ps(y1, _mm256_castsi256_ps(_mm256_and_si256(w, high)), a[0][v]);
+        }
+        continue;
+      }
       __m256 even[NV], odd[NV];
       for (int v = 0; v < NV; ++v) {
         const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + 8 * v));
