@@ -216,7 +216,7 @@ def return_large_blocks_to_the_os() -> None:
         pass  # not glibc
 
 
-def _kernels(x: torch.Tensor):
+def compiled_kernels(x: torch.Tensor):
     """The compiled CPU helpers if they apply to ``x`` (float32 on CPU), else None."""
     if x.device.type != "cpu" or x.dtype != torch.float32:
         return None
@@ -234,7 +234,7 @@ def rms_norm(
     x: (..., dim) float32. With ``heads`` > 1 the result is head-major, (heads, rows, dim / heads),
     ready for the head-wise input projection (rows = all leading dimensions of x flattened).
     """
-    lib = _kernels(x)
+    lib = compiled_kernels(x)
     dim = x.shape[-1]
     rows = x.numel() // dim
     if lib is None or out_dtype not in (torch.float32, torch.bfloat16):
@@ -252,7 +252,7 @@ def rms_norm(
 def ffn_residual_(h: torch.Tensor, norm: nn.Module, ffn: nn.Module, dtype: torch.dtype) -> torch.Tensor:
     """``h += ffn(norm(h))`` in place, chunk by chunk of rows. h: (..., embed) contiguous float32."""
     flat = h.view(-1, h.shape[-1])
-    lib = _kernels(h)
+    lib = compiled_kernels(h)
     threads = torch.get_num_threads()
     cpu32 = dtype == torch.float32 and h.device.type == "cpu"
     gemm = cpu32 and gemm_applies(lib, ffn.gate, ffn.up, ffn.down)
@@ -290,7 +290,7 @@ def residual_block(u: torch.Tensor, block: nn.Module, dtype: torch.dtype) -> tor
     flat = u.reshape(-1, u.shape[-1])
     out = torch.empty(flat.shape[0], block.output.out_features, device=u.device)
     cpu32 = dtype == torch.float32 and u.device.type == "cpu"
-    lib = _kernels(flat) if cpu32 else None
+    lib = compiled_kernels(flat) if cpu32 else None
     gemm = cpu32 and gemm_applies(lib, block.hidden, block.output, block.residual)
     for rows, dst in zip(flat.split(ROWS_PER_CHUNK), out.split(ROWS_PER_CHUNK)):
         hidden = buffer("scratch", (rows.shape[0], block.hidden.out_features)) if cpu32 else None
@@ -309,22 +309,12 @@ def residual_block(u: torch.Tensor, block: nn.Module, dtype: torch.dtype) -> tor
 GEMM_STORE, GEMM_ACCUMULATE, GEMM_RELU, GEMM_SWIGLU = 0, 1, 2, 3  # the kernel's GemmMode
 
 
-def cpu_kernel_library():
-    """The compiled CPU kernels (``tirex.cpu_kernel.load``), or None."""
-    from . import cpu_kernel
-
-    return cpu_kernel.load()
-
-
-def gemm_enabled() -> bool:
-    """Whether the compiled weight matmuls are used: the kernel has them (built for an AVX2 + FMA CPU
-    without AVX-512) and ``TIREX_CPU_GEMM`` is not 0."""
-    if os.environ.get("TIREX_CPU_GEMM", "1").lower() in ("0", "false", "no", "off"):
+def gemm_enabled(lib) -> bool:
+    """Whether the compiled weight matmuls are used: ``lib`` (from ``compiled_kernels``) has them (built
+    for an AVX2 + FMA CPU without AVX-512) and ``TIREX_CPU_GEMM`` is not 0."""
+    if lib is None or os.environ.get("TIREX_CPU_GEMM", "1").lower() in ("0", "false", "no", "off"):
         return False
-    from . import cpu_kernel
-
-    lib = cpu_kernel.load()
-    return lib is not None and bool(lib.tirex_has_gemm())
+    return bool(lib.tirex_has_gemm())
 
 
 def _matmul_ready(weight: torch.Tensor) -> bool:
@@ -336,7 +326,7 @@ def _matmul_ready(weight: torch.Tensor) -> bool:
 def gemm_applies(lib, *layers: nn.Module) -> bool:
     """Whether ``layers`` (nn.Linear) run on the compiled matmuls. Whatever the number of rows: a row's
     result must not depend on which other rows share the matmul (batch composition)."""
-    return lib is not None and gemm_enabled() and all(_matmul_ready(layer.weight) for layer in layers)
+    return gemm_enabled(lib) and all(_matmul_ready(layer.weight) for layer in layers)
 
 
 def gemm_(lib, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, mode: int,

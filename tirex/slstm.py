@@ -142,12 +142,9 @@ def bf16_pairs(recurrent: torch.Tensor, block: int = 0) -> torch.Tensor:
     return pairs.contiguous()
 
 
-def pairs_block() -> int | None:
-    """The column block of the pairs layout the CPU kernel reads (see ``bf16_pairs``), or None if it
-    reads no pairs (or is unavailable)."""
-    from . import cpu_kernel
-
-    lib = cpu_kernel.load()
+def pairs_block(lib) -> int | None:
+    """The column block of the pairs layout the CPU kernel ``lib`` reads (see ``bf16_pairs``), or None if
+    it reads no pairs (or ``lib`` is None: no kernel)."""
     if lib is None or not lib.tirex_uses_bf16_pairs():
         return None
     return int(lib.tirex_bf16_pairs_block())
@@ -169,8 +166,8 @@ def _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate_bf16, norm_weight
     r = r.contiguous()
     lib = cpu_kernel.load()
     pairs = None
-    block = pairs_block()
-    if emulate_bf16 and dh % 32 == 0 and block is not None:
+    block = pairs_block(lib) if emulate_bf16 and dh % 32 == 0 else None
+    if block is not None:
         cached = getattr(recurrent, "_tirex_bf16_pairs", None)  # (block, pairs) from _inference_weights
         pairs = cached[1] if cached is not None and cached[0] == block else bf16_pairs(r, block)
     bias = bias.detach().float().contiguous()
@@ -241,7 +238,7 @@ class SLSTMLayer(nn.Module):
                 recurrent = (_round_bf16(recurrent) if self.recurrence_dtype == "bfloat16" else recurrent).contiguous()
             if self.recurrence_dtype == "bfloat16":
                 recurrent._tirex_bf16_rounded = True
-                block = pairs_block() if recurrent.device.type == "cpu" and self.head_dim % 32 == 0 else None
+                block = pairs_block(inference.compiled_kernels(recurrent)) if self.head_dim % 32 == 0 else None
                 if block is not None:
                     recurrent._tirex_bf16_pairs = (block, bf16_pairs(recurrent, block))
             cached = (key, (projection.to(self.matmul_dtype), recurrent))
@@ -274,8 +271,8 @@ class SLSTMLayer(nn.Module):
             xh = xh.to(weight.dtype)
         reuse = not torch.is_grad_enabled() and xh.device.type == "cpu"
         out = inference.buffer("scratch", (heads, batch * steps, 4 * dh), weight.dtype) if reuse else None
-        lib = inference.cpu_kernel_library() if reuse and weight.dtype == torch.float32 else None
-        if lib is not None and weight.is_contiguous() and xh.is_contiguous() and inference.gemm_enabled():
+        lib = inference.compiled_kernels(xh) if reuse and weight.dtype == torch.float32 else None
+        if weight.is_contiguous() and xh.is_contiguous() and inference.gemm_enabled(lib):
             inference.gemm_heads_(lib, xh, weight, out)
             wx = out.view(heads, batch, steps, 4 * dh)
         else:

@@ -349,7 +349,8 @@ void run_item(const Problem& p, int h, int b0, int b1) {
 // (12 accumulators, two loads of B and six broadcasts of A per k) runs over every 6 rows of the row
 // chunk. Meanwhile the same rows of the panel kPrefetch panels further right are prefetched (rows of B
 // are a page or more apart, which the hardware prefetchers do not follow), a share per 6-row block and
-// one row per k step: issued in one burst they fill the miss queues and stall (4-6% slower per FFN). Epilogues fuse what follows the matmul in the model:
+// one row per k step: issued in one burst they fill the miss queues and stall (4-6% slower per FFN).
+// Epilogues fuse what follows the matmul in the model:
 enum GemmMode { kStore = 0, kAccumulate = 1, kRelu = 2, kSwiGlu = 3 };
 //   kStore:      C = A B (+ bias)        kAccumulate: C += A B (+ bias)        kRelu: C = max(A B + bias, 0)
 //   kSwiGlu:     C = silu(A G) * (A U): B0 = G and B1 = U (both K x N), 8 output columns per panel.
@@ -689,8 +690,6 @@ void tirex_silu_mul(const float* gate, const float* up, float* out, int rows, in
   });
 }
 
-// With norm_w non-null the output is residual + group_norm(y) * (1 + norm_w) (residual may be null).
-// wx is float32, or bfloat16 bits when wx_is_bf16 is set.
 // 1 if tirex_gemm is compiled in (AVX2 + FMA without AVX-512), else 0.
 int tirex_has_gemm() { return TIREX_GEMM; }
 
@@ -744,20 +743,22 @@ int tirex_bf16_pairs_block() {
 #endif
 }
 
-// R_pairs: optional (H, D / 2, 4D, 2) bfloat16 repacking of R (see Problem), used when bf16 is set.
+// With norm_w non-null the output is residual + group_norm(y) * (1 + norm_w) (residual may be null).
+// wx is float32, or bfloat16 bits when wx_is_bf16 is set.
+// R_pairs: optional bfloat16 repacking of R (layout: tirex_bf16_pairs_block), used when bf16 is set.
 int tirex_slstm_forward(const void* wx, int wx_is_bf16, const float* R, const uint16_t* R_pairs, const float* bias,
                         float* state, float* out, const float* norm_w, const float* residual, float eps, int H, int B,
                         int T, int D, int fresh, int bf16, int num_threads) {
   if (D % 8 != 0 || H <= 0 || B <= 0 || T <= 0) return 1;
+  Problem p{wx_is_bf16 ? nullptr : static_cast<const float*>(wx),
+            wx_is_bf16 ? static_cast<const uint16_t*>(wx) : nullptr,
+            R, R_pairs, bias, state, out, norm_w, residual, eps, H, B, T, D, fresh != 0};
   const int rows = 8;  // batch rows per item: a multiple of the 4-row matmul block
   std::vector<std::pair<int, int>> items;  // (head, first row)
   for (int h = 0; h < H; ++h)
     for (int b0 = 0; b0 < B; b0 += rows) items.emplace_back(h, b0);
-  Problem p{wx_is_bf16 ? nullptr : static_cast<const float*>(wx),
-            wx_is_bf16 ? static_cast<const uint16_t*>(wx) : nullptr,
-            R, R_pairs, bias, state, out, norm_w, residual, eps, H, B, T, D, fresh != 0};
-  // Below ~8M multiply-adds (a tenth of a millisecond) starting a thread costs more than it saves. Small
-  // forwards pass num_threads = 1 anyway (tirex.inference.small_forward_threads).
+  // Below ~8M multiply-adds (a tenth of a millisecond) handing out work costs more than it saves. Small
+  // forwards pass torch's full thread count here (tirex.inference.kernel_threads).
   const double multiply_adds = static_cast<double>(H) * B * T * D * 4.0 * D;
   const int wanted = multiply_adds < 8e6 ? 1 : num_threads;
   const int workers = std::max(1, std::min<int>(wanted, static_cast<int>(items.size())));
