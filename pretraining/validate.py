@@ -2,17 +2,23 @@
 
 The validation that runs during training scores one patch at the end of each held-out series: cheap, but
 with a few hundred series it moves by several percent between neighbouring checkpoints. This is the
-thorough version for a final choice (which run, which checkpoint): the real ``forecast`` path, short-term
-horizons by frequency (GIFT-Eval's: yearly 6, quarterly 8, monthly 12, weekly 8, daily 30, else 48), up to
-``windows`` rolling origins per series, every model on exactly the same windows.
+thorough version for a final choice (which run, which checkpoint): the real ``forecast`` path, horizons
+that fit each frequency (``corpus.FORECAST_HORIZON``: yearly 6, quarterly 8, monthly 12, weekly 8,
+daily 30, else 48), up to ``windows`` rolling origins per series, every model on exactly the same windows.
 
-Scores, each relative to Seasonal Naive on the same windows (lower is better):
+Validation series are the config's held-out series (whole series no training run saw) and, with
+``data.val_tail_windows``, the held-out tails of long high-frequency training series (the last horizons,
+cut from training). Results are stratified by frequency (``corpus.STRATA``: hourly, sub-hourly, daily,
+weekly, monthly, quarterly, yearly).
+
+Scores, per stratum, each relative to Seasonal Naive on the same windows (lower is better):
     MASE  mean absolute error of the median / the series' seasonal error, averaged over forecasts
     sQL   the quantile loss (9 levels) / the seasonal error: a scaled CRPS, averaged over forecasts
-Paired per-series differences against the first model give a standard error, so "B beats A by 0.01"
-can be told apart from noise.
+The aggregate is the geometric mean over strata (as GIFT-Eval aggregates over tasks). Differences to the
+first model are paired (same windows); their standard errors come from a bootstrap over series within
+each stratum, so "B beats A by 0.01" can be told apart from noise.
 
-    python -m tirex_pretraining.validate runs/a/model_best runs/b/model_best --config default_model
+    python -m tirex_pretraining.validate current=tirex/weights/default runs/a/model_best fracast-0 --config bundled_v2
 """
 
 from __future__ import annotations
@@ -26,26 +32,33 @@ import numpy as np
 import torch
 
 from .config import load_config
-from .corpus import SEASON_LENGTH
+from .corpus import DEFAULT_HORIZON, FORECAST_HORIZON, SEASON_LENGTH, STRATA, STRATUM
 from .datamodule import load_sources, seasonal_naive, split_sources
 
-HORIZONS = {"Y": 6, "Q": 8, "M": 12, "W": 8, "D": 30}
-DEFAULT_HORIZON = 48
+HORIZONS = FORECAST_HORIZON  # kept for callers of the first version
 MIN_CONTEXT = 16
+MAX_CONTEXT = 16_384  # longer histories are cut (no model here reads more; the seasonal error uses these values)
+BASELINES = ("fracast-0",)  # model names that are not load_model sources
 
 
-def validation_tasks(series: list[np.ndarray], freqs: list[str], windows: int = 3) -> list[dict]:
-    """Forecast windows: {"series", "context", "target", "season"}, the last ``windows`` origins per series."""
+def validation_tasks(series, freqs, windows: int = 3, kinds=None, tail_windows: int | None = None) -> list[dict]:
+    """Forecast windows: {"series", "context", "target", "season", "stratum"}, the last origins per series.
+
+    A held-out tail (kind "tail") gets at most ``tail_windows`` origins: only those targets were cut from training.
+    """
     tasks = []
-    for i, (x, f) in enumerate(zip(series, freqs)):
-        h = HORIZONS.get(f, DEFAULT_HORIZON)
+    kinds = kinds or ["series"] * len(series)
+    for i, (x, f, kind) in enumerate(zip(series, freqs, kinds)):
+        h = FORECAST_HORIZON.get(f, DEFAULT_HORIZON)
+        n_windows = min(windows, tail_windows) if kind == "tail" and tail_windows is not None else windows
         x = np.asarray(x, dtype=np.float32)
-        for w in range(windows):
+        for w in range(n_windows):
             end = len(x) - w * h
-            context, target = x[: end - h], x[end - h : end]
+            context, target = x[max(0, end - h - MAX_CONTEXT) : end - h], x[end - h : end]
             if np.count_nonzero(~np.isnan(context)) < MIN_CONTEXT or np.isnan(target).all():
                 break
-            tasks.append({"series": i, "context": context, "target": target, "season": SEASON_LENGTH.get(f, 1)})
+            tasks.append({"series": i, "context": context, "target": target, "season": SEASON_LENGTH.get(f, 1),
+                          "stratum": STRATUM.get(f, "other")})
     return tasks
 
 
@@ -74,20 +87,35 @@ def scaled_losses(tasks: list[dict], quantiles: list[np.ndarray], levels) -> tup
     return mase, sql
 
 
-def forecast_tasks(model, tasks: list[dict], batch_size: int = 256) -> list[np.ndarray]:
-    """(h, Q) quantile forecasts per task, grouped by horizon."""
+def forecast_tasks(predict, tasks: list[dict], batch_size: int = 256) -> list[np.ndarray]:
+    """(h, Q) quantile forecasts per task, grouped by horizon; ``predict(contexts, h, season) -> (n, h, Q)``."""
     out: list[np.ndarray | None] = [None] * len(tasks)
-    by_h: dict[int, list[int]] = {}
+    by_key: dict[tuple[int, int], list[int]] = {}
     for k, t in enumerate(tasks):
-        by_h.setdefault(len(t["target"]), []).append(k)
-    for h, ids in by_h.items():
+        by_key.setdefault((len(t["target"]), t["season"]), []).append(k)
+    for (h, season), ids in by_key.items():
         for start in range(0, len(ids), batch_size):
             chunk = ids[start : start + batch_size]
-            q, _ = model.forecast([torch.from_numpy(tasks[k]["context"]) for k in chunk], prediction_length=h,
-                                  output_type="numpy")
+            q = predict([tasks[k]["context"] for k in chunk], h, season)
             for k, qk in zip(chunk, q):
-                out[k] = qk
+                out[k] = np.asarray(qk)
     return out
+
+
+def _predictor(name: str, source: str, levels):
+    """``predict(contexts, h, season)`` for a load_model source or a named baseline."""
+    if source == "fracast-0":
+        from tirex_eval.fracast_adapter import FracastForecaster
+
+        model = FracastForecaster()
+        return lambda ctx, h, season: model.predict_quantiles(ctx, h, levels, season)[0]
+    from tirex import load_model
+
+    model = load_model(source)
+    if [round(q, 6) for q in model.config.quantile_levels] != [round(q, 6) for q in levels]:
+        raise ValueError(f"{name}: predicts levels {model.config.quantile_levels}, validation uses {list(levels)}")
+    return lambda ctx, h, season: model.forecast([torch.from_numpy(c) for c in ctx], prediction_length=h,
+                                                 output_type="numpy")[0]
 
 
 def seasonal_naive_quantiles(tasks: list[dict], num_levels: int) -> list[np.ndarray]:
@@ -95,46 +123,102 @@ def seasonal_naive_quantiles(tasks: list[dict], num_levels: int) -> list[np.ndar
             for t in tasks]
 
 
-def validate(models: dict[str, str], config, windows: int = 3, batch_size: int = 256) -> dict:
-    """Score models (name -> ``load_model`` source) on the held-out pool series of ``config``'s split."""
-    from tirex import load_model
+def _relative(scores: np.ndarray, baseline: np.ndarray, strata: np.ndarray, names) -> dict[str, float]:
+    return {s: float(scores[strata == s].mean() / baseline[strata == s].mean()) for s in names}
+
+
+def _geomean(values) -> float:
+    return float(np.exp(np.mean(np.log(list(values)))))
+
+
+def _bootstrap_indices(series: np.ndarray, strata: np.ndarray, names, replicates: int, seed: int = 0):
+    """Task indices of ``replicates`` resamples of whole series within each stratum."""
+    rng = np.random.default_rng(seed)
+    groups = {s: [np.flatnonzero((strata == s) & (series == i)) for i in np.unique(series[strata == s])] for s in names}
+    for _ in range(replicates):
+        picked = []
+        for s in names:
+            g = groups[s]
+            picked.extend(g[j] for j in rng.integers(len(g), size=len(g)))
+        yield np.concatenate(picked)
+
+
+def validate(models: dict[str, str], config, windows: int = 3, batch_size: int = 256, replicates: int = 200) -> dict:
+    """Score models (name -> ``load_model`` source, or "fracast-0") on the config's held-out pool series.
+
+    Returns per-model, per-stratum MASE and sQL relative to Seasonal Naive, their geometric means over the
+    strata, and paired differences to the first model with bootstrap standard errors.
+    """
+    from tirex import DEFAULT_QUANTILE_LEVELS
 
     cfg = load_config(config)
     _, val = split_sources(cfg, load_sources(cfg))
-    tasks = validation_tasks(val.values, val.freqs, windows)
+    tasks = validation_tasks(val.values, val.freqs, windows, val.kinds, cfg.data.val_tail_windows or None)
     if not tasks:
         raise ValueError("no validation windows: the held-out series are too short")
-    series = np.array([t["series"] for t in tasks])
+    levels = list(DEFAULT_QUANTILE_LEVELS)
     results = {}
-    levels = None
     for name, source in models.items():
-        model = load_model(source)
-        levels = model.config.quantile_levels
-        mase, sql = scaled_losses(tasks, forecast_tasks(model, tasks, batch_size), levels)
-        results[name] = {"mase": mase, "sql": sql}
+        results[name] = scaled_losses(tasks, forecast_tasks(_predictor(name, source, levels), tasks, batch_size), levels)
     sn_mase, sn_sql = scaled_losses(tasks, seasonal_naive_quantiles(tasks, len(levels)), levels)
-    valid = np.isfinite(sn_mase) & np.all([np.isfinite(r["mase"]) for r in results.values()], axis=0)
-    summary = {"tasks": int(valid.sum()), "series": int(len(np.unique(series[valid]))), "models": {}}
+    valid = np.isfinite(sn_mase) & np.all([np.isfinite(m) for m, _ in results.values()], axis=0)
+    series = np.array([t["series"] for t in tasks])[valid]
+    strata = np.array([t["stratum"] for t in tasks])[valid]
+    names = [s for s in (*STRATA, "other") if (strata == s).any()]  # "other": series of unknown frequency
+    sn_mase, sn_sql = sn_mase[valid], sn_sql[valid]
+    summary = {
+        "tasks": int(valid.sum()),
+        "series": int(len(np.unique(series))),
+        "strata": {s: {"forecasts": int((strata == s).sum()), "series": int(len(np.unique(series[strata == s])))}
+                   for s in names},
+        "models": {},
+    }
+    boot = list(_bootstrap_indices(series, strata, names, replicates))
     first = next(iter(results))
-    for name, r in results.items():
-        row = {
-            "MASE_rel": float(r["mase"][valid].mean() / sn_mase[valid].mean()),
-            "sQL_rel": float(r["sql"][valid].mean() / sn_sql[valid].mean()),
+    agg_boot = {}
+    for name, (mase, sql) in results.items():
+        mase, sql = mase[valid], sql[valid]
+        rel_mase, rel_sql = _relative(mase, sn_mase, strata, names), _relative(sql, sn_sql, strata, names)
+        agg_boot[name] = np.array([_geomean(_relative(sql[b], sn_sql[b], strata[b], names).values()) for b in boot])
+        summary["models"][name] = {
+            "source": models[name],
+            "MASE": rel_mase, "sQL": rel_sql,
+            "MASE_geomean": _geomean(rel_mase.values()), "sQL_geomean": _geomean(rel_sql.values()),
+            "strata_boot": {s: [float(sql[b][strata[b] == s].mean() / sn_sql[b][strata[b] == s].mean()) for b in boot]
+                            for s in names},
         }
-        # paired difference of the relative sQL against the first model, with a standard error over series
-        diff = (r["sql"][valid] - results[first]["sql"][valid]) / sn_sql[valid].mean()
-        by_series = np.array([diff[series[valid] == s].sum() for s in np.unique(series[valid])])
-        row["sQL_rel_minus_first"] = float(diff.sum() / valid.sum())
-        row["stderr"] = float(by_series.std(ddof=1) * np.sqrt(len(by_series)) / valid.sum()) if len(by_series) > 1 else 0.0
-        summary["models"][name] = row
+    for name, row in summary["models"].items():
+        ref = summary["models"][first]
+        row["sQL_geomean_minus_first"] = row["sQL_geomean"] - ref["sQL_geomean"]
+        row["sQL_geomean_minus_first_se"] = float(np.std(agg_boot[name] - agg_boot[first], ddof=1))
+        row["sQL_minus_first"] = {s: row["sQL"][s] - ref["sQL"][s] for s in names}
+        row["sQL_minus_first_se"] = {
+            s: float(np.std(np.subtract(row["strata_boot"][s], ref["strata_boot"][s]), ddof=1)) for s in names
+        }
+    for row in summary["models"].values():
+        del row["strata_boot"]
     return summary
+
+
+def format_table(summary: dict) -> str:
+    """A markdown table: one row per model, sQL / MASE per stratum, then the geometric means."""
+    names = list(summary["strata"])
+    head = "| model | " + " | ".join(f"{s} ({summary['strata'][s]['forecasts']})" for s in names) + " | geo. mean | vs first (+- s.e.) |"
+    lines = [head, "|" + " --- |" * (len(names) + 3)]
+    for name, row in summary["models"].items():
+        cells = [f"{row['sQL'][s]:.3f} / {row['MASE'][s]:.3f}" for s in names]
+        diff = f"{row['sQL_geomean_minus_first']:+.4f} +- {row['sQL_geomean_minus_first_se']:.4f}"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['sQL_geomean']:.3f} / {row['MASE_geomean']:.3f} | {diff} |")
+    lines.append("| Seasonal Naive | " + " | ".join("1.000 / 1.000" for _ in names) + " | 1.000 / 1.000 | |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tirex_pretraining.validate", description=__doc__.split("\n\n")[0])
-    p.add_argument("models", nargs="+", help="model folders / checkpoints (load_model sources); NAME=SOURCE to label")
+    p.add_argument("models", nargs="+", help="model folders / checkpoints (load_model sources) or fracast-0; NAME=SOURCE to label")
     p.add_argument("--config", default="default_model", help="training config whose validation split is used")
     p.add_argument("--windows", type=int, default=3, help="rolling origins per held-out series")
+    p.add_argument("--replicates", type=int, default=200, help="bootstrap resamples for the standard errors")
     p.add_argument("--json", type=Path, help="also write the summary here")
     args = p.parse_args(argv)
     from .cli import _config_path
@@ -144,14 +228,12 @@ def main(argv=None) -> int:
         name, sep, source = item.partition("=")
         models[name if sep else item] = source if sep else item
     try:
-        summary = validate(models, _config_path(args.config), args.windows)
+        summary = validate(models, _config_path(args.config), args.windows, replicates=args.replicates)
     except (ValueError, FileNotFoundError) as exc:
         print(f"validate: error: {exc}", file=sys.stderr)
         return 2
-    print(f"{summary['tasks']} forecasts on {summary['series']} held-out pool series (relative to Seasonal Naive)")
-    print(f"{'model':40s} {'MASE':>7s} {'sQL':>7s} {'sQL - first':>12s} {'+-':>7s}")
-    for name, row in summary["models"].items():
-        print(f"{name:40s} {row['MASE_rel']:7.4f} {row['sQL_rel']:7.4f} {row['sQL_rel_minus_first']:12.4f} {row['stderr']:7.4f}")
+    print(f"{summary['tasks']} forecasts on {summary['series']} held-out pool series; sQL / MASE relative to Seasonal Naive")
+    print(format_table(summary))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
     return 0

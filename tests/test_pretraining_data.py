@@ -312,10 +312,11 @@ def test_pool_validation_scores_models_on_the_same_held_out_windows(tmp_path, go
     torch.manual_seed(0)
     model = TiRexModel(load_config(cfg).model)
     init_tirex_weights(model).save_pretrained(tmp_path / "m")
-    summary = validate({"a": str(tmp_path / "m"), "b": str(tmp_path / "m")}, cfg, windows=2)
+    summary = validate({"a": str(tmp_path / "m"), "b": str(tmp_path / "m")}, cfg, windows=2, replicates=20)
     a, b = summary["models"]["a"], summary["models"]["b"]
-    assert summary["tasks"] > 0 and a["MASE_rel"] == b["MASE_rel"] and b["sQL_rel_minus_first"] == 0.0
-    assert np.isfinite(a["MASE_rel"]) and a["MASE_rel"] > 0
+    assert summary["tasks"] > 0 and a["MASE"] == b["MASE"] and b["sQL_geomean_minus_first"] == 0.0
+    assert b["sQL_geomean_minus_first_se"] == 0.0
+    assert np.isfinite(a["MASE_geomean"]) and a["MASE_geomean"] > 0
 
 
 def test_pool_validation_cli_labels_models_and_reports_bad_input(tmp_path, good_corpus, capsys):
@@ -336,3 +337,81 @@ def test_pool_validation_cli_labels_models_and_reports_bad_input(tmp_path, good_
     assert set(json.loads(out.read_text())["models"]) == {"mine"}
     assert main([str(tmp_path / "missing"), "--config", str(config_path)]) == 2
     assert "error" in capsys.readouterr().err
+
+
+# -- second-round data: calendar series, held-out tails, strata ---------------------------------------
+def test_calendar_series_have_their_calendar_seasonality():
+    from tirex_pretraining.synthetic import CALENDAR, calendar_synth
+
+    rng = np.random.default_rng(0)
+    for resolution in CALENDAR:
+        y = calendar_synth(rng, 2064, resolution)
+        assert y.shape == (2064,) and y.dtype == np.float32 and np.isfinite(y).all()
+    # Hourly series without noise dominance: the daily lag explains more than a random lag, on average.
+    def autocorr(x, lag):
+        x = x - x.mean()
+        return float((x[lag:] * x[:-lag]).sum() / ((x * x).sum() + 1e-12))
+
+    daily, other = [], []
+    for _ in range(60):
+        y = calendar_synth(rng, 2064, "H").astype(np.float64)
+        y = np.diff(y)  # trends and walks aside
+        daily.append(autocorr(y, 24))
+        other.append(autocorr(y, 17))
+    assert np.mean(daily) > np.mean(other) + 0.1
+
+
+def test_calendar_series_include_counts_and_intermittency():
+    from tirex_pretraining.synthetic import calendar_synth
+
+    rng = np.random.default_rng(1)
+    series = [calendar_synth(rng, 512) for _ in range(300)]
+    counts = [y for y in series if np.all(y == np.round(y)) and y.min() >= 0]
+    assert len(counts) > 20  # about a fifth are counts
+    assert any((y == 0).mean() > 0.5 for y in counts)  # some of them intermittent
+
+
+def test_held_out_tails_are_cut_from_training_and_validated(tmp_path):
+    from tirex_pretraining.corpus import FORECAST_HORIZON, SeriesSet
+    from tirex_pretraining.datamodule import split_sources
+    from tirex_pretraining.validate import validation_tasks
+
+    long = np.arange(3000, dtype=np.float32)
+    real = {"pool": SeriesSet("pool", [long, long[:400], long.copy()], ["D", "D", "M"])}
+    cfg = load_config({
+        "model": {"patch_size": 8, "context_length": 64, "embed_dim": 16, "num_heads": 2, "num_blocks": 1, "input_ff_dim": 32},
+        "data": {"sources": [{"type": "pool"}], "val_fraction": 0.0, "val_tail_windows": 2, "val_tail_freqs": ["D"],
+                 "val_tail_min_length": 1000},
+    })
+    train, val = split_sources(cfg, real)
+    cut = 2 * FORECAST_HORIZON["D"]
+    lengths = sorted(len(x) for x in train["pool"].values)
+    assert lengths == [400, 3000 - cut, 3000]  # only the long daily series lost its tail; monthly untouched
+    assert val.kinds == ["tail"] and len(val.values[0]) == 3000
+    tasks = validation_tasks(val.values, val.freqs, windows=5, kinds=val.kinds, tail_windows=2)
+    assert len(tasks) == 2 and all(t["stratum"] == "daily" for t in tasks)
+    assert min(len(t["context"]) for t in tasks) == 3000 - cut  # every target lies in the cut tail
+
+
+def test_strata_cover_every_frequency_class():
+    from tirex_pretraining.corpus import SEASON_LENGTH, STRATA, STRATUM
+
+    assert set(STRATUM.values()) == set(STRATA)
+    assert set(SEASON_LENGTH) - set(STRATUM) == {"unknown"}
+
+
+def test_extra_pool_refuses_evaluation_data():
+    from tirex_pretraining.pool import EXTRA_CATALOGUE, Extra, build_extra_pool
+
+    assert not any("m1_yearly" in e.item for e in EXTRA_CATALOGUE)
+    with pytest.raises(ValueError, match="evaluation-only"):
+        build_extra_pool((Extra("csv", "aeon", "datasets/data/m1_yearly_dataset/m1_yearly_dataset.tsf", "Y"),))
+
+
+def test_seasonal_naive_fills_gaps_forward():
+    from tirex_pretraining.datamodule import seasonal_naive
+
+    x = np.array([np.nan, 1, 2, np.nan, 4, np.nan], dtype=np.float32)
+    np.testing.assert_array_equal(seasonal_naive(x, 1, 2), [4, 4])
+    np.testing.assert_array_equal(seasonal_naive(x, 2, 3), [4, 4, 4])  # filled: [nan 1 2 2 4 4]
+    np.testing.assert_array_equal(seasonal_naive(np.array([1, 2, 3, 4], np.float32), 2, 3), [3, 4, 3])

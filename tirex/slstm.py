@@ -86,8 +86,11 @@ def slstm_recurrence_torch(
     r = rnd(recurrent)
     bias = bias.unsqueeze(1)  # (heads, 1, 4 * head_dim)
     outputs = []
+    # unbind, not wx[t]: the backward of unbind stacks the step gradients once, while the backward of
+    # indexing would add a full-size zero gradient per step (quadratic in the number of steps)
+    wx_steps = wx.unbind(0)
     for t in range(steps):
-        pre = wx[t] + rnd(torch.bmm(y, r)) + bias
+        pre = wx_steps[t] + rnd(torch.bmm(y, r)) + bias
         i_pre, f_pre, z_pre, o_pre = pre.split(dh, dim=-1)
         log_f = m + F.logsigmoid(torch.clamp(f_pre, max=15.0))
         # On a fresh sequence n is all zero only at the first step; the max-stabiliser starts at i~.
