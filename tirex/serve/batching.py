@@ -113,6 +113,7 @@ class Batcher:
         """Queue one request's series; returns its (quantiles (n, H, levels), mean (n, H))."""
         if self._closing:
             raise Overloaded("the server is shutting down")
+        self._drop_cancelled()
         if self._pending_rows + len(series) > self.max_queue_rows and self._pending:
             raise Overloaded(f"{self._pending_rows} series are already queued (limit {self.max_queue_rows})")
         job = Job(series, prediction_length, tuple(quantile_levels), rollout_steps,

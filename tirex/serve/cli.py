@@ -45,6 +45,8 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
                    help=f"values per series at most (default {d.max_context_length})")
     p.add_argument("--max-horizon", type=int, default=d.max_horizon,
                    help=f"prediction_length at most (default {d.max_horizon})")
+    p.add_argument("--max-quantile-levels", type=int, default=d.max_quantile_levels,
+                   help=f"quantile levels per request at most (default {d.max_quantile_levels})")
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
                    help=f"request body size at most (default {d.max_body_bytes})")
     p.add_argument("--request-timeout", type=float, default=d.request_timeout_s,
@@ -66,6 +68,7 @@ def run(args) -> int:
         batching=args.batching, batch_window_ms=args.batch_window_ms, max_batch_series=args.max_batch_series,
         max_queue_series=args.max_queue_series, max_series=args.max_series,
         max_context_length=args.max_context_length, max_horizon=args.max_horizon,
+        max_quantile_levels=args.max_quantile_levels,
         max_body_bytes=args.max_body_bytes, request_timeout_s=args.request_timeout,
         graceful_timeout_s=args.graceful_timeout, access_log=args.access_log,
     ).validate()
