@@ -89,7 +89,7 @@ class ServerState:
 
 
 # -- dependencies -----------------------------------------------------------------------------------
-def get_state(request: Request) -> ServerState:
+async def get_state(request: Request) -> ServerState:
     return request.app.state.tirex
 
 
@@ -103,7 +103,7 @@ def key_matches(settings: ServerSettings, presented: str | None) -> bool:
     )
 
 
-def require_api_key(
+async def require_api_key(
     state: Annotated[ServerState, Depends(get_state)],
     key: Annotated[str | None, Security(api_key_header)] = None,
     token: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None,
@@ -114,14 +114,14 @@ def require_api_key(
                                                     "Authorization: Bearer KEY)", status=401, kind="unauthorized")
 
 
-def ready_state(state: Annotated[ServerState, Depends(get_state)]) -> ServerState:
+async def ready_state(state: Annotated[ServerState, Depends(get_state)]) -> ServerState:
     if state.status != "ready":
         raise RequestError([], "the model is still loading; retry shortly" if state.status == "loading"
                            else f"the model failed to load: {state.error}", status=503, kind="not_ready")
     return state
 
 
-def prepared_request(body: ForecastRequest, state: Annotated[ServerState, Depends(ready_state)]) -> Prepared:
+async def prepared_request(body: ForecastRequest, state: Annotated[ServerState, Depends(ready_state)]) -> Prepared:
     """The body checked against the server's limits and the package's input layer."""
     return prepare(body, state.model, state.settings)
 
@@ -359,7 +359,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected_error)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # JSON 413s, for /mcp too
     routes = {"/health", "/ready", "/model", "/metrics", "/docs", "/openapi.json", "/forecast/mean",
               "/forecast/quantiles", "/mcp"}
     app.add_middleware(MetricsMiddleware, metrics=state.metrics, routes=routes)
