@@ -90,6 +90,14 @@ class ServerProcess:
             out[name] = float(match.group(1)) if match else 0.0
         return out
 
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used (user + system; Linux), all its threads."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return float("nan")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -161,10 +169,12 @@ def run_mode(name: str, extra: list[str], args, bodies: list[bytes]) -> dict:
     try:
         asyncio.run(drive(server.url, bodies, args.warmup, args.max_requests, args.client))  # warm-up, not counted
         before = server.metrics()
+        cpu_before = server.cpu_seconds()
         load_before = load_average()
         started = time.perf_counter()
         latencies, errors = asyncio.run(drive(server.url, bodies, args.duration, args.max_requests, args.client))
         elapsed = time.perf_counter() - started
+        cpu_used = server.cpu_seconds() - cpu_before
         after = server.metrics()
         load_after = load_average()
     finally:
@@ -181,6 +191,8 @@ def run_mode(name: str, extra: list[str], args, bodies: list[bytes]) -> dict:
         "p95_ms": round(float(np.percentile(lat, 95)), 1) if len(lat) else None,
         "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
         "forward_passes": int(forwards),
+        # CPU time per answered request: what the server spends, whatever share of the CPU it gets
+        "server_cpu_ms_per_request": round(cpu_used * 1000 / len(latencies), 2) if latencies else None,
         "mean_batch_requests": round((after["tirex_batch_requests_sum"] - before["tirex_batch_requests_sum"])
                                      / forwards, 2) if forwards else None,
         "load_before": load_before,
@@ -231,12 +243,16 @@ def main() -> int:
     print()
     print(f"{args.clients} clients, single-series requests (context {args.context_length}, horizon {args.horizon}), "
           f"{args.duration:g} s per mode, server threads {args.threads}, {args.client} client")
-    print("| mode | requests/s | p50 ms | p95 ms | p99 ms | mean batch (requests per forward) | errors | load (1/5/15 min) after |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| mode | requests/s | p50 ms | p95 ms | p99 ms | mean batch (requests per forward) | server CPU ms per request "
+          "| errors | load (1/5/15 min) before / after |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in (batched, single):
         print(f"| {r['mode']} | {r['requests_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | "
-              f"{r['mean_batch_requests']} | {r['errors']} | {' / '.join(map(str, r['load_after']))} |")
-    print(f"\nthroughput batching / off: {speedup:.2f}x (goal >= 5x); p99 batching / off: {p99_ratio:.2f} (goal <= 1)")
+              f"{r['mean_batch_requests']} | {r['server_cpu_ms_per_request']} | {r['errors']} | "
+              f"{' / '.join(map(str, r['load_before']))} -> {' / '.join(map(str, r['load_after']))} |")
+    cpu_ratio = single["server_cpu_ms_per_request"] / batched["server_cpu_ms_per_request"]
+    print(f"\nthroughput batching / off: {speedup:.2f}x (goal >= 5x); p99 batching / off: {p99_ratio:.2f} (goal <= 1); "
+          f"server CPU per request off / batching: {cpu_ratio:.2f}x")
 
     output = args.output or Path(__file__).parent / "results" / f"server_load_{datetime.now():%Y%m%d_%H%M}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -247,6 +263,7 @@ def main() -> int:
         "results": [batched, single],
         "throughput_ratio": round(speedup, 2),
         "p99_ratio": round(p99_ratio, 3),
+        "cpu_per_request_ratio": round(cpu_ratio, 2),
     }, indent=2))
     print(f"wrote {output}")
     return 0
