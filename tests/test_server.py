@@ -551,3 +551,34 @@ def test_cli_refuses_bad_settings(capsys):
 
     assert main(["serve", "--max-horizon", "0"]) == 2
     assert "max_horizon" in capsys.readouterr().err
+
+
+def test_a_model_that_fails_to_load_is_reported_not_hidden(tmp_path):
+    """In-process uvicorn on a real socket: /health turns 503 with the loader's error; forecasts say why."""
+    import uvicorn
+
+    from tirex.serve import ServerSettings, create_app
+
+    port = free_port()
+    app = create_app(ServerSettings(model=str(tmp_path / "no-such-model"), port=port))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                health = httpx.get(url + "/health")
+                if health.json()["model"] != "loading":
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        assert health.status_code == 503 and health.json()["model"] == "failed"
+        assert "no-such-model" in health.json()["error"]
+        response = httpx.post(url + "/forecast/mean", json=GOOD)
+        assert response.status_code == 503 and "failed to load" in response.json()["error"]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

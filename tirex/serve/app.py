@@ -2,7 +2,8 @@
 
 ``create_app(settings)`` builds the app; ``tirex serve`` runs it with uvicorn. The model loads in
 the background when the server starts: /health answers at once, /ready and the forecast routes
-answer 503 until the model is loaded and warmed up.
+answer 503 until the model is loaded and warmed up. With several worker processes on one port each
+worker starts taking connections only once its model is ready.
 """
 
 from __future__ import annotations
@@ -339,6 +340,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         loading = asyncio.create_task(state.load())
+        if settings.workers > 1:
+            # workers share one port: each takes connections only once its model is ready, so no request
+            # meets a worker that is still loading while another one answers /ready
+            await loading
         async with mcp.session_manager.run():
             yield
         await loading  # a shutdown during loading waits for it (the thread cannot be interrupted)

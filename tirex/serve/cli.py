@@ -75,5 +75,6 @@ def run(args) -> int:
     settings.to_env()  # uvicorn's worker processes build their app from it (tirex.serve.app.app_from_env)
     uvicorn.run("tirex.serve.app:app_from_env", factory=True, host=settings.host, port=settings.port,
                 workers=settings.workers, access_log=settings.access_log, log_level=args.log_level,
-                timeout_graceful_shutdown=settings.graceful_timeout_s)
+                timeout_graceful_shutdown=settings.graceful_timeout_s,
+                timeout_worker_healthcheck=600)  # a worker loads its model (maybe from the Hub) before it answers
     return 0
