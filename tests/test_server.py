@@ -465,21 +465,24 @@ def test_mcp_forecast_tool_through_the_sdk_client(server, model):
 
 # -- timeout, overload ------------------------------------------------------------------------------
 def test_timeout_and_overload_answer_and_the_server_lives_on():
-    srv = Server("--request-timeout", "0.3", "--max-queue-series", "8", "--max-batch-series", "64")
+    srv = Server("--request-timeout", "1.0", "--max-queue-series", "100")
     try:
         heavy = {"context": series(64, 512, seed=2), "prediction_length": 512}  # seconds of compute
         slow = httpx.post(srv.url + "/forecast/mean", json=heavy, timeout=60)
         assert slow.status_code == 504 and "timeout" in slow.json()["error"]
         assert httpx.get(srv.url + "/health").status_code == 200
-        with ThreadPoolExecutor(1) as pool:  # the forward of `slow` still runs: this one waits in the queue
+        with ThreadPoolExecutor(1) as pool:  # the forward of `slow` still runs: this one waits in the queue ...
             queued = pool.submit(httpx.post, srv.url + "/forecast/mean", json=heavy, timeout=60)
-            while metric(srv.url, "tirex_queue_series") < 64 and not queued.done():
+            while metric(srv.url, "tirex_queue_series") < 64:
+                assert not queued.done(), queued.result().text
                 time.sleep(0.005)
-            refused = httpx.post(srv.url + "/forecast/mean", json=GOOD, timeout=60)
+            # ... and 64 + 40 queued series would be more than the server's 100
+            refused = httpx.post(srv.url + "/forecast/mean", json={"context": series(40, 64), "prediction_length": 4},
+                                 timeout=60)
             assert queued.result().status_code == 504
-        assert refused.status_code == 503 and "busy" in refused.json()["error"]
+        assert refused.status_code == 503 and "busy" in refused.json()["error"], refused.text
         assert refused.headers["retry-after"]
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # once the forward is done, requests succeed again
             if httpx.post(srv.url + "/forecast/mean", json=GOOD, timeout=60).status_code == 200:
                 break

@@ -63,8 +63,7 @@ class ServerState:
             batcher = Batcher(model, s.batching, s.batch_window_ms / 1000, s.max_batch_series,
                               s.max_queue_series, on_batch=self.metrics.observe_batch)
             # the first forecast builds the CPU kernel (once per machine) and warms the caches
-            await asyncio.get_running_loop().run_in_executor(
-                batcher._executor, lambda: model.forecast(torch.zeros(1, 2 * model.config.patch_size), 1))
+            await batcher.run_on_worker(model.forecast, torch.zeros(1, 2 * model.config.patch_size), 1)
             batcher.start()
             self.model, self.batcher, self.status = model, batcher, "ready"
             log.info("model %s loaded (%d parameters); ready", s.model or "bundled", model.num_parameters)

@@ -104,9 +104,9 @@ class Batcher:
             await self._task
         self._executor.shutdown(wait=True)
 
-    def run_sync(self, fn, *args):
-        """Run ``fn`` on the forecasting thread (e.g. a warm-up forecast) and wait for it."""
-        return self._executor.submit(fn, *args).result()
+    async def run_on_worker(self, fn, *args):
+        """Run ``fn`` on the forecasting thread (e.g. a warm-up forecast) and return its result."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def submit(self, series: list[torch.Tensor], prediction_length: int, quantile_levels,
                      rollout_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
