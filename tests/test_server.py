@@ -207,6 +207,20 @@ def test_rich_body_with_start_and_freq(client, model):
     assert_same(forecast["mean"], m[0])
 
 
+def test_freq_sets_the_step_of_the_forecast_timestamps(model):
+    """The library path the rich form shares: ``freq`` overrides the inferred frequency."""
+    frame = pd.DataFrame({"item_id": "a", "timestamp": pd.date_range("2024-01-01", periods=40, freq="D"),
+                          "target": np.sin(np.arange(40.0))})
+    inferred = model.forecast(frame, prediction_length=3)
+    weekly = model.forecast(frame, prediction_length=3, freq="W-MON")
+    assert list(inferred.timestamp) == list(pd.date_range("2024-02-10", periods=3, freq="D"))
+    assert list(weekly.timestamp) == list(pd.date_range("2024-02-12", periods=3, freq="W-MON"))
+    np.testing.assert_array_equal(inferred["mean"], weekly["mean"])
+    with pytest.raises(ValueError, match="cannot infer a frequency"):
+        model.forecast(frame.iloc[[0, 1, 5]], prediction_length=3)
+    assert len(model.forecast(frame.iloc[[0, 1, 5]], prediction_length=3, freq="D")) == 3
+
+
 # -- the bad-input table: a 4xx naming the field, never a 500 ----------------------------------------
 GOOD = {"context": [[1.0, 2.0, 3.0, 4.0]], "prediction_length": 4}
 RICH = {"item_id": "a", "timestamps": ["2024-01-01", "2024-01-02", "2024-01-03"], "values": [1, 2, 3]}

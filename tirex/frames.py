@@ -28,7 +28,8 @@ def _future_index(index: pd.Index, horizon: int, what: str, freq=None) -> pd.Ind
                 f"{what}: cannot infer a frequency from the timestamps (irregular or fewer than 3); "
                 "resample to a regular frequency first, or pass freq="
             )
-        return pd.date_range(index[-1], periods=horizon + 1, freq=freq)[1:]
+        step = pd.tseries.frequencies.to_offset(freq)
+        return pd.date_range(index[-1] + step, periods=horizon, freq=step)  # the first step after the data
     if isinstance(index, pd.PeriodIndex):
         return pd.period_range(index[-1] + 1, periods=horizon, freq=index.freq)
     if isinstance(index, pd.RangeIndex) or pd.api.types.is_integer_dtype(index):
