@@ -193,6 +193,7 @@ def run_mode(name: str, extra: list[str], args, bodies: list[bytes]) -> dict:
         "forward_passes": int(forwards),
         # CPU time per answered request: what the server spends, whatever share of the CPU it gets
         "server_cpu_ms_per_request": round(cpu_used * 1000 / len(latencies), 2) if latencies else None,
+        "server_cores_used": round(cpu_used / elapsed, 2),  # the CPU share the server got (on a busy machine < 2)
         "mean_batch_requests": round((after["tirex_batch_requests_sum"] - before["tirex_batch_requests_sum"])
                                      / forwards, 2) if forwards else None,
         "load_before": load_before,
@@ -244,11 +245,11 @@ def main() -> int:
     print(f"{args.clients} clients, single-series requests (context {args.context_length}, horizon {args.horizon}), "
           f"{args.duration:g} s per mode, server threads {args.threads}, {args.client} client")
     print("| mode | requests/s | p50 ms | p95 ms | p99 ms | mean batch (requests per forward) | server CPU ms per request "
-          "| errors | load (1/5/15 min) before / after |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| server cores used | errors | load (1/5/15 min) before / after |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in (batched, single):
         print(f"| {r['mode']} | {r['requests_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | "
-              f"{r['mean_batch_requests']} | {r['server_cpu_ms_per_request']} | {r['errors']} | "
+              f"{r['mean_batch_requests']} | {r['server_cpu_ms_per_request']} | {r['server_cores_used']} | {r['errors']} | "
               f"{' / '.join(map(str, r['load_before']))} -> {' / '.join(map(str, r['load_after']))} |")
     cpu_ratio = single["server_cpu_ms_per_request"] / batched["server_cpu_ms_per_request"]
     print(f"\nthroughput batching / off: {speedup:.2f}x (goal >= 5x); p99 batching / off: {p99_ratio:.2f} (goal <= 1); "
