@@ -33,6 +33,10 @@ class Overloaded(Exception):
     """The queue is full: the caller should retry later (HTTP 503)."""
 
 
+class _GaveUp(Exception):
+    """Every caller of a batch has gone (timed out): its remaining chunks are not computed."""
+
+
 class NotFinite(ValueError):
     """The model's forecast of some series is not finite (e.g. values beyond float32's range)."""
 
@@ -176,7 +180,7 @@ class Batcher:
         return jobs
 
     def _run(self, jobs: list[Job]) -> list:
-        """On the worker thread: one ``forecast_tensors`` call per group of compatible jobs."""
+        """On the worker thread: the jobs grouped by rollout, each group forecast in chunks of ``max_rows``."""
         patch = self.model.config.patch_size
         groups: dict[tuple, list[int]] = {}
         for i, job in enumerate(jobs):
@@ -189,9 +193,20 @@ class Batcher:
             series = [s for job in group for s in job.series]
             # the same number of patches means the same rollout: compute the longest horizon, slice the others
             horizon = max(job.prediction_length for job in group)
+            computed = 0
             try:
-                q, mean = forecast_tensors(self.model, series, horizon, levels, batch_size=self.max_rows,
-                                           rollout_steps=rollout_steps)
+                quantiles, means = [], []
+                # chunk by chunk, as forecast_tensors would, so callers who gave up (timeout) stop the work
+                for first in range(0, len(series), self.max_rows):
+                    if all(job.future.done() for job in group):
+                        raise _GaveUp()
+                    chunk = series[first : first + self.max_rows]
+                    q, mean = forecast_tensors(self.model, chunk, horizon, levels, batch_size=self.max_rows,
+                                               rollout_steps=rollout_steps)
+                    quantiles.append(q)
+                    means.append(mean)
+                    computed += len(chunk)
+                q, mean = torch.cat(quantiles), torch.cat(means)
                 start = 0
                 for i, job in zip(members, group):
                     rows = slice(start, start + job.rows)
@@ -200,8 +215,8 @@ class Batcher:
             except Exception as exc:
                 for i in members:
                     results[i] = exc
-            if self.on_batch is not None:
-                self.on_batch(BatchStats(len(series), len(members), time.perf_counter() - started))
+            if self.on_batch is not None and computed:
+                self.on_batch(BatchStats(computed, len(members), time.perf_counter() - started))
         return results
 
 
