@@ -66,7 +66,8 @@ class ServerState:
             await batcher.run_on_worker(model.forecast, torch.zeros(1, 2 * model.config.patch_size), 1)
             batcher.start()
             self.model, self.batcher, self.status = model, batcher, "ready"
-            log.info("model %s loaded (%d parameters); ready", s.model or "bundled", model.num_parameters)
+            log.info("model %s loaded (%d parameters): POST /forecast/mean and /forecast/quantiles, MCP at /mcp, "
+                     "docs at /docs", s.model or "bundled", model.num_parameters)
         except Exception as exc:
             self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
             log.error("loading the model %s failed: %s", s.model or "bundled", self.error)
