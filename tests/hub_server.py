@@ -4,7 +4,8 @@
 ``ETag``, ``Content-Length``, ``Range`` support, and ``X-Error-Code`` on 404s (RepoNotFound,
 RevisionNotFound, EntryNotFound). Uploads take the Hub API's create-repo, preupload and NDJSON commit
 endpoints (every file in "regular" upload mode, so its content travels base64 in the commit). ``cut_downloads[path] = n`` makes the next ``n`` GETs of that
-file stop halfway through the body and drop the connection.
+file stop halfway through the body and drop the connection. ``gate`` (a ``threading.Event``, open by
+default) holds every request until it is set: a download that takes as long as a test wants.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class HubServer:
         self.root = Path(root)  # root/<owner>/<name>/<files>
         self.cut_downloads: dict[str, int] = {}
         self.requests: list[tuple[str, str]] = []
+        self.gate = threading.Event()
+        self.gate.set()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -42,6 +45,7 @@ class HubServer:
 
             def _serve(self, body: bool):
                 server.requests.append((self.command, self.path))
+                server.gate.wait(timeout=120)
                 match = _RESOLVE.match(self.path.split("?")[0])
                 if not match:
                     return self._error("RepoNotFound")

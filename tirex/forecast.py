@@ -63,6 +63,42 @@ def forecast_tensors(
     return torch.cat(quantiles), torch.cat(means)
 
 
+def check_run(
+    model: "TiRexModel",
+    prediction_length: int,
+    quantile_levels: Sequence[float] | None = None,
+    batch_size: int = 256,
+    rollout_steps: int = 1,
+    max_masked_fraction: float | None = 0.5,
+    progress: bool = False,
+) -> dict:
+    """Validate the options of a forecast; returns them as keyword arguments of ``forecast_tensors``.
+
+    Every entry point (``forecast``, the CLI, the server) checks its options here, so each gets the
+    same errors: ``TypeError`` / ``ValueError`` naming the option.
+
+    Example:
+        >>> run = check_run(model, 24, [0.1, 0.5, 0.9])
+        >>> quantiles, mean = forecast_tensors(model, to_series_list(context), **run)
+    """
+    prediction_length = check_prediction_length(prediction_length)
+    levels = check_levels(quantile_levels if quantile_levels is not None else model.config.quantile_levels)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(rollout_steps, bool) or not isinstance(rollout_steps, int) or rollout_steps <= 0:
+        raise ValueError(f"rollout_steps must be a positive integer, got {rollout_steps!r}")
+    if max_masked_fraction is not None and not (0.0 < max_masked_fraction <= 1.0):
+        raise ValueError(f"max_masked_fraction must be in (0, 1] or None, got {max_masked_fraction!r}")
+    return dict(
+        prediction_length=prediction_length,
+        quantile_levels=levels,
+        batch_size=batch_size,
+        rollout_steps=rollout_steps,
+        max_masked_fraction=max_masked_fraction,
+        progress=progress,
+    )
+
+
 def forecast(
     model: "TiRexModel",
     context: Any,
@@ -79,22 +115,7 @@ def forecast(
 
     See ``TiRexModel.forecast`` for the accepted inputs and outputs.
     """
-    prediction_length = check_prediction_length(prediction_length)
-    levels = check_levels(quantile_levels if quantile_levels is not None else model.config.quantile_levels)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if isinstance(rollout_steps, bool) or not isinstance(rollout_steps, int) or rollout_steps <= 0:
-        raise ValueError(f"rollout_steps must be a positive integer, got {rollout_steps!r}")
-    if max_masked_fraction is not None and not (0.0 < max_masked_fraction <= 1.0):
-        raise ValueError(f"max_masked_fraction must be in (0, 1] or None, got {max_masked_fraction!r}")
-    run = dict(
-        prediction_length=prediction_length,
-        quantile_levels=levels,
-        batch_size=batch_size,
-        rollout_steps=rollout_steps,
-        max_masked_fraction=max_masked_fraction,
-        progress=progress,
-    )
+    run = check_run(model, prediction_length, quantile_levels, batch_size, rollout_steps, max_masked_fraction, progress)
     if _is_dataframe(context):
         from .frames import forecast_dataframe
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,15 +19,17 @@ def level_name(q: float) -> str:
     return f"{q:g}"
 
 
-def _future_index(index: pd.Index, horizon: int, what: str) -> pd.Index:
+def _future_index(index: pd.Index, horizon: int, what: str, freq=None) -> pd.Index:
     if isinstance(index, pd.DatetimeIndex):
-        freq = index.freq or (pd.infer_freq(index) if len(index) >= 3 else None)
+        if freq is None:
+            freq = index.freq or (pd.infer_freq(index) if len(index) >= 3 else None)
         if freq is None:
             raise ValueError(
                 f"{what}: cannot infer a frequency from the timestamps (irregular or fewer than 3); "
-                "resample to a regular frequency first"
+                "resample to a regular frequency first, or pass freq="
             )
-        return pd.date_range(index[-1], periods=horizon + 1, freq=freq)[1:]
+        step = pd.tseries.frequencies.to_offset(freq)
+        return pd.date_range(index[-1] + step, periods=horizon, freq=step)  # the first step after the data
     if isinstance(index, pd.PeriodIndex):
         return pd.period_range(index[-1] + 1, periods=horizon, freq=index.freq)
     if isinstance(index, pd.RangeIndex) or pd.api.types.is_integer_dtype(index):
@@ -56,18 +59,30 @@ def _pick(df: pd.DataFrame, given: str | None, candidates: tuple[str, ...], what
     raise ValueError(f"no {what} column found (looked for {list(candidates)}); pass {what}_column=...")
 
 
-def forecast_dataframe(
-    model,
+@dataclass
+class LongSeries:
+    """The series of a long DataFrame, validated: ``ids[i]`` owns ``series[i]`` and ``futures[i]``
+    (its next ``prediction_length`` timestamps)."""
+
+    id_column: str
+    timestamp_column: str
+    ids: list
+    series: list[torch.Tensor]
+    futures: list[pd.Index]
+
+
+def long_series(
     df: pd.DataFrame,
-    run: dict,
+    prediction_length: int,
     id_column: str | None = None,
     timestamp_column: str | None = None,
     target_column: str | None = None,
-) -> pd.DataFrame:
-    """Long DataFrame (id, timestamp, target) -> long DataFrame of forecasts.
+    freq=None,
+) -> LongSeries:
+    """Split a long DataFrame (id, timestamp, target) into validated series and their future timestamps.
 
-    Output columns: the id column, the timestamp column (future timestamps, at each series' own
-    inferred frequency), ``mean`` and one column per quantile level ("0.1", ...).
+    ``freq`` (a pandas frequency such as "D" or "15min") sets the step of the future timestamps;
+    by default each series' own frequency is inferred from its timestamps.
     """
     id_col = _pick(df, id_column, ID_CANDIDATES, "id")
     ts_col = _pick(df, timestamp_column, TIME_CANDIDATES, "timestamp")
@@ -85,19 +100,43 @@ def forecast_dataframe(
     ids, contexts, futures = [], [], []
     for item, group in frame.groupby(id_col, sort=False):
         index = pd.DatetimeIndex(group[ts_col])
-        futures.append(_future_index(index, run["prediction_length"], f"series {item!r}"))
+        futures.append(_future_index(index, prediction_length, f"series {item!r}", freq))
         ids.append(item)
         contexts.append(group[target_col].to_numpy(dtype=np.float64))
-    q, mean = forecast_tensors(model, to_series_list(contexts), **run)
-    h = run["prediction_length"]
+    return LongSeries(id_col, ts_col, ids, to_series_list(contexts), futures)
+
+
+def long_forecast_frame(data: LongSeries, quantiles: torch.Tensor, mean: torch.Tensor, levels) -> pd.DataFrame:
+    """Forecasts of ``data``'s series (quantiles (n, H, levels), mean (n, H)) as a long DataFrame:
+    the id column, the timestamp column (future timestamps), ``mean`` and one column per level."""
+    h = mean.shape[1]
     out = {
-        id_col: np.repeat(np.asarray(ids, dtype=object), h),
-        ts_col: np.concatenate([f.to_numpy() for f in futures]),
+        data.id_column: np.repeat(np.asarray(data.ids, dtype=object), h),
+        data.timestamp_column: np.concatenate([f.to_numpy() for f in data.futures]),
         "mean": mean.reshape(-1).numpy(),
     }
-    for j, lv in enumerate(run["quantile_levels"]):
-        out[level_name(lv)] = q[:, :, j].reshape(-1).numpy()
+    for j, lv in enumerate(levels):
+        out[level_name(lv)] = quantiles[:, :, j].reshape(-1).numpy()
     return pd.DataFrame(out)
+
+
+def forecast_dataframe(
+    model,
+    df: pd.DataFrame,
+    run: dict,
+    id_column: str | None = None,
+    timestamp_column: str | None = None,
+    target_column: str | None = None,
+    freq=None,
+) -> pd.DataFrame:
+    """Long DataFrame (id, timestamp, target) -> long DataFrame of forecasts.
+
+    Output columns: the id column, the timestamp column (future timestamps, at each series' own
+    inferred frequency, or ``freq``), ``mean`` and one column per quantile level ("0.1", ...).
+    """
+    data = long_series(df, run["prediction_length"], id_column, timestamp_column, target_column, freq)
+    q, mean = forecast_tensors(model, data.series, **run)
+    return long_forecast_frame(data, q, mean, run["quantile_levels"])
 
 
 def forecast_gluonts(model, dataset: Any, run: dict) -> list:
