@@ -254,6 +254,9 @@ def forecast_dataset(
         summaries, workers = _run_partitions(
             ray, plan, todo, shipped, run, columns, out_prefix + out_root, run_digest, num_workers, cpus_per_worker,
             device, ray_remote_args, sys.stderr.isatty() if progress is None else progress, on_partition, out_fs)
+        for info in parts.output_files(out_fs, out_root):  # every task has finished: a temporary file left now
+            if parts.is_temporary(info):                    # is from a replica that died and was retried
+                parts.delete_quietly(out_fs, info.path)
         hashes = {i: np.frombuffer(s["ids"], dtype=np.uint64) for i, s in summaries.items()}
         hashes.update({i: _ids_of(out_fs, f"{out_root}/{plan[i].output}") for i, d in enumerate(done) if d})
         try:
