@@ -248,16 +248,25 @@ def test_bad_partitions_give_the_errors_of_tirex_forecast_and_leave_no_output(ki
     assert not list(out.rglob("*.parquet")) and not (out / "_SUCCESS").exists() and not list(out.glob(".*"))
 
 
-def test_a_series_split_over_two_partitions_is_refused(tmp_path):
+def test_a_series_split_over_two_files_is_refused_or_read_as_one_folder(model, tmp_path):
     source = tmp_path / "in"
-    source.mkdir()
+    (source / "bucket=0").mkdir(parents=True)
+    (source / "bucket=1").mkdir()
     frame = series_frame("x", 2, "D", 40, lengths=(40, 41))
-    frame.iloc[::2].to_parquet(source / "even.parquet", index=False)   # every series in both files
-    frame.iloc[1::2].to_parquet(source / "odd.parquet", index=False)
+    frame.iloc[::2].to_parquet(source / "bucket=0" / "even.parquet", index=False)   # every series in both files
+    frame.iloc[1::2].to_csv(source / "bucket=0" / "odd.csv", index=False)
+    other = series_frame("y", 3, "D", 41)
+    other.to_parquet(source / "bucket=1" / "part-0.parquet", index=False)
     out = tmp_path / "out"
     with pytest.raises(InputError, match=r"series 'x\d' \(column 'item_id'\) appears in two partitions.*even.*odd"):
-        forecast_dataset(source, H, out, progress=False)
+        forecast_dataset(source, H, out, num_workers=1, progress=False)
     assert not list(out.rglob("*.parquet")) and not (out / "_SUCCESS").exists()
+    # a hive layout (several files per bucket folder, each series within one folder): one partition per folder
+    result = forecast_dataset(source, H, out, num_workers=1, progress=False, partition_by="folder")
+    assert (result.partitions, result.series) == (2, 5)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.parquet")) == [
+        "bucket=0/forecast.parquet", "bucket=1/forecast.parquet"]
+    assert_same_forecasts(read_output(out), reference([frame, other], tmp_path, model))
 
 
 def test_options_and_locations_are_checked_before_any_work(tmp_path):

@@ -37,6 +37,10 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                        help="model replicas (default: the cluster's CPUs / --cpus-per-worker)")
     group.add_argument("--cpus-per-worker", type=_positive_number, default=1,
                        help="CPUs (and torch threads) per replica (default 1)")
+    group.add_argument("--partition-by", choices=("file", "folder"), default="file",
+                       help="what one partition is: each data file (default), or all data files directly inside "
+                            "one folder (hive layouts such as bucket=7/part-*.parquet); every series must lie "
+                            "within one partition")
     group.add_argument("--overwrite", action="store_true",
                        help="replace forecasts of another run in --output (default: refuse; a rerun of the same "
                             "run resumes, skipping partitions already written)")
@@ -71,7 +75,7 @@ def forecast_command(args) -> int:
             args.file, args.horizon, args.output, quantile_levels=args.quantiles, model=args.model,
             id_column=args.id_column, timestamp_column=args.timestamp_column, target_column=args.target_column,
             batch_size=args.batch_size, num_workers=args.num_workers, cpus_per_worker=args.cpus_per_worker,
-            device=args.device, address=args.address, overwrite=args.overwrite)
+            device=args.device, address=args.address, partition_by=args.partition_by, overwrite=args.overwrite)
     except InputError as err:
         print(f"tirex forecast: error: {err}", file=sys.stderr)
         return 2

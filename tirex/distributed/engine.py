@@ -183,7 +183,8 @@ def _check_one_partition_per_series(fs, root: str, plan: list, hashes: dict[int,
         ids = pq.read_table(handle, columns=["item_id"]).column("item_id").unique().to_pylist()
     name = next((i for i in ids if id_hashes([i])[0] == target), "?")
     raise InputError(f"series {name!r} (column 'item_id') appears in two partitions, {first.location} and "
-                     f"{second.location}; every series must lie within one input file (partition the data by id)")
+                     f"{second.location}; every series must lie within one partition: partition the data by id, or pass "
+                     "partition_by='folder' (--partition-by folder) when each folder holds whole series")
 
 
 def forecast_dataset(
@@ -201,6 +202,7 @@ def forecast_dataset(
     cpus_per_worker: float = 1,
     device: str | None = None,
     address: str | None = None,
+    partition_by: str = "file",
     overwrite: bool = False,
     progress: bool | None = None,
     on_partition: Callable[[dict], None] | None = None,
@@ -209,11 +211,13 @@ def forecast_dataset(
     """Forecast every series of a partitioned long-layout dataset on Ray; write partitioned Parquet.
 
     ``source``: a .parquet / .csv file, or a folder (local path or URI such as ``s3://bucket/sales/``) whose
-    data files are the partitions. Each file holds rows (id, timestamp, target), columns detected or named as
-    in ``tirex forecast``; every series must lie within one file (write the data partitioned by id, e.g. by
-    ``hash(id) % N``). Each file is validated exactly as ``tirex forecast`` validates its input.
+    data files are the partitions (``partition_by="folder"``: the files directly inside each folder together,
+    as in a hive layout ``bucket=7/part-*.parquet``). Rows are (id, timestamp, target), columns detected or
+    named as in ``tirex forecast``; every series must lie within one partition (write the data partitioned by
+    id, e.g. by ``hash(id) % N``). Each partition is validated exactly as ``tirex forecast`` validates a file.
 
-    ``output``: a folder; partition ``DIR/a/b.csv`` of ``source=DIR`` goes to ``output/a/b.parquet`` with the
+    ``output``: a folder; partition ``DIR/a/b.csv`` of ``source=DIR`` goes to ``output/a/b.parquet`` (folder
+    ``DIR/a/`` to ``output/a/forecast.parquet``) with the
     columns of ``tirex forecast``'s output (``item_id``, ``timestamp``, ``mean``, one per level). A rerun
     skips partitions already written with the same settings; ``_SUCCESS`` appears when all are done.
 
@@ -235,7 +239,7 @@ def forecast_dataset(
         raise ValueError("num_workers and cpus_per_worker must be positive")
     ray = require_ray()
     started = time.perf_counter()
-    plan = parts.list_partitions(source)
+    plan = parts.list_partitions(source, partition_by)
     out_fs, out_root, out_prefix = parts.resolve(output)
     _check_separate(source, output)
     created = connect(address)

@@ -1,7 +1,10 @@
 """Partitions of a dataset on disk or in an object store, and the files written for them.
 
-One input file is one partition. Each partition's forecasts go to one Parquet file whose path mirrors the
-input's path below the source folder (``sales/2024/part-3.csv`` -> ``OUTPUT/2024/part-3.parquet``). A file
+A partition is one input file (``by="file"``, the default), or every data file directly inside one folder
+(``by="folder"``: the layout that Spark's ``partitionBy``, Ray Data's ``write_parquet(partition_cols=...)`` and
+``pyarrow.dataset.write_dataset`` produce, several files per ``bucket=k/`` folder). Each partition's forecasts go
+to one Parquet file whose path mirrors the input's path below the source folder (``sales/2024/part-3.csv`` ->
+``OUTPUT/2024/part-3.parquet``; folder ``sales/bucket=7/`` -> ``OUTPUT/bucket=7/forecast.parquet``). A file
 is written under a temporary name and renamed when complete, so a reader (or a rerun) never sees half of
 one, and a retried task overwrites its own file instead of adding rows. The file's Parquet metadata records
 which input (path, size, modification time) and which run settings it was computed from; a rerun skips a
@@ -10,6 +13,7 @@ partition only when both still match.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -17,6 +21,7 @@ import tempfile
 import uuid
 from dataclasses import asdict, dataclass
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -31,8 +36,9 @@ METADATA_KEY = b"tirex.partition"   # Parquet key-value metadata of every output
 
 @dataclass(frozen=True)
 class Partition:
-    """One input file. ``location`` is what messages show (a local path or a URI), ``path`` what its
-    filesystem calls it, ``output`` the output file relative to the output folder."""
+    """One input file or folder. ``location`` is what messages show (a local path or a URI), ``path`` what the
+    filesystem calls its files (newline-separated), ``size`` / ``mtime_ns`` their total size and newest
+    modification, ``output`` the output file relative to the output folder."""
 
     location: str
     path: str
@@ -42,7 +48,13 @@ class Partition:
 
     def stamp(self, run_digest: str) -> dict:
         """What an output file records about its input and run; equal stamps mean the output is current."""
-        return {"input": self.location, "size": self.size, "mtime_ns": self.mtime_ns, "run": run_digest}
+        files = hashlib.sha256(self.path.encode()).hexdigest()[:16]
+        return {"input": self.location, "files": files, "size": self.size, "mtime_ns": self.mtime_ns,
+                "run": run_digest}
+
+    @property
+    def paths(self) -> list[str]:
+        return self.path.split("\n")
 
 
 def resolve(location) -> tuple[pafs.FileSystem, str, str]:
@@ -69,12 +81,15 @@ def _hidden(relative: str) -> bool:
     return any(part.startswith((".", "_")) for part in relative.split("/"))
 
 
-def list_partitions(source) -> list[Partition]:
-    """The input files of ``source`` (one file, or every data file below a folder), sorted by path.
+def list_partitions(source, by: str = "file") -> list[Partition]:
+    """The partitions of ``source`` (one file, or the data files below a folder), sorted by path.
 
-    Raises ``InputError`` for a missing source, a folder without data files, or a file of another type
-    inside the folder (so no data is skipped silently).
+    ``by="file"``: each data file is a partition; ``by="folder"``: the data files directly inside one folder
+    together are a partition. Raises ``InputError`` for a missing source, a folder without data files, or a
+    file of another type inside the folder (so no data is skipped silently).
     """
+    if by not in ("file", "folder"):
+        raise InputError(f"partitions are made by 'file' or 'folder', not {by!r}")
     fs, root, prefix = resolve(source)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
@@ -84,7 +99,8 @@ def list_partitions(source) -> list[Partition]:
     else:
         base = root
         infos = [i for i in fs.get_file_info(pafs.FileSelector(root, recursive=True)) if i.type == pafs.FileType.File]
-    partitions, unknown, outputs = [], [], {}
+    groups: dict[str, list[tuple[pafs.FileInfo, str]]] = {}
+    unknown = []
     for i in sorted(infos, key=lambda i: i.path):
         relative = posixpath.relpath(i.path, base)
         if len(infos) > 1 and _hidden(relative):
@@ -93,31 +109,49 @@ def list_partitions(source) -> list[Partition]:
         if suffix is None:
             unknown.append(relative)
             continue
-        output = relative[: -len(suffix)] + ".parquet"
-        if output in outputs:
-            raise InputError(f"{prefix}{i.path} and {outputs[output]} would both write {output}; rename one of them")
-        outputs[output] = prefix + i.path
-        partitions.append(Partition(prefix + i.path, i.path, int(i.size or 0), int(i.mtime_ns or 0), output))
+        if by == "file":
+            groups[relative[: -len(suffix)] + ".parquet"] = [(i, relative)]
+        else:
+            folder = posixpath.dirname(relative)
+            groups.setdefault(posixpath.join(folder, "forecast.parquet"), []).append((i, relative))
     if unknown:
         raise InputError(f"{prefix}{root}: files that are neither .parquet nor .csv: {unknown[:5]}; move them out of "
                          "the input folder (names starting with '_' or '.' are ignored)")
-    if not partitions:
+    if not groups:
         raise InputError(f"{prefix}{root}: no .parquet or .csv files")
+    partitions, by_output = [], {}
+    for output, members in sorted(groups.items()):
+        if by == "file":
+            location = prefix + members[0][0].path
+            if output in by_output:
+                raise InputError(f"{location} and {by_output[output]} would both write {output}; rename one of them")
+            by_output[output] = location
+        else:
+            location = prefix + posixpath.join(base, posixpath.dirname(members[0][1])).rstrip("/")
+        partitions.append(Partition(location, "\n".join(i.path for i, _ in members),
+                                    sum(int(i.size or 0) for i, _ in members),
+                                    max(int(i.mtime_ns or 0) for i, _ in members), output))
     return partitions
 
 
 def read_partition(fs: pafs.FileSystem, partition: Partition):
-    """The partition as a DataFrame, read by ``tirex.io.read_table`` (remote files are copied to local disk
-    first, so both go through the same reader and its checks)."""
+    """The partition as one DataFrame, each file read by ``tirex.io.read_table`` (remote files are copied to
+    local disk first, so both go through the same reader and its checks)."""
+    frames = [_read_file(fs, path, partition.location) for path in partition.paths]
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def _read_file(fs: pafs.FileSystem, path: str, location: str):
     if isinstance(fs, pafs.LocalFileSystem):
-        return read_table(partition.path)
+        return read_table(path)
+    shown = location if location.endswith(path) else f"{location.split('://')[0]}://{path}"
     with tempfile.TemporaryDirectory(prefix="tirex-partition-") as folder:
-        local = os.path.join(folder, posixpath.basename(partition.path))
-        pafs.copy_files(partition.path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        local = os.path.join(folder, posixpath.basename(path))
+        pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
         try:
             return read_table(local)
         except InputError as err:
-            raise InputError(str(err).replace(local, partition.location)) from None
+            raise InputError(str(err).replace(local, shown)) from None
 
 
 def write_atomic(fs: pafs.FileSystem, path: str, write, before_rename=None) -> None:
