@@ -15,6 +15,8 @@ What is timed, on the same data and the same cores (``--cpus``, default 2):
   ray     tirex.distributed.forecast_dataset with ray.init(num_cpus=cpus): one replica per core, one thread each
   model   model.forecast alone on the first partition's series as arrays (no reading, validation or writing),
           as the ceiling for either
+  single_1thread / ray_1worker   the same two on ``--overhead-series`` series with one thread / one replica:
+          Ray's own overhead per core, apart from how well either uses two cores
 Memory: the peak resident set of every Ray worker process (each reports its own ru_maxrss), at ``--series``
 and at ``--large``. ``uptime`` load averages are recorded before and after each phase: on a shared machine
 the figures move with what else runs. Results go to benchmarks/results/bench_distributed.json.
@@ -97,6 +99,16 @@ def write_partition(path: Path, index: int, count: int, pool, synth) -> None:
     os.replace(tmp, path)
 
 
+def linked_subset(full: Path, folder: Path, partitions: int) -> Path:
+    """The first ``partitions`` files of ``full`` as hard links in ``folder`` (no copy)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir()
+    for path in sorted(full.glob("*.parquet"))[:partitions]:
+        os.link(path, folder / path.name)
+    return folder
+
+
 def build_datasets(workdir: Path, small: int, large: int, per_partition: int) -> tuple[Path, Path, str]:
     full, part = workdir / "data_large", workdir / "data_small"
     full.mkdir(parents=True, exist_ok=True)
@@ -110,18 +122,16 @@ def build_datasets(workdir: Path, small: int, large: int, per_partition: int) ->
 
         for i in tqdm(missing, desc="writing partitions", file=sys.stderr):
             write_partition(full / names[i], i, per_partition, pool, synth)
-    if part.exists():
-        shutil.rmtree(part)
-    part.mkdir()
-    for name in names[:n_small]:
-        os.link(full / name, part / name)
-    return part, full, note
+    return linked_subset(full, part, n_small), full, note
 
 
-def run_single(source: Path, out: Path, model) -> dict:
-    """`tirex forecast` per partition, one process."""
+def run_single(source: Path, out: Path, model, threads: int) -> dict:
+    """`tirex forecast` per partition, one process with ``threads`` torch threads."""
+    import torch
+
     from tirex.io import read_table, to_long
 
+    torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     series = 0
     start = time.perf_counter()
@@ -145,11 +155,11 @@ def run_model_only(source: Path, model) -> dict:
     return {"series": len(arrays), "seconds": seconds, "series_per_s": len(arrays) / seconds}
 
 
-def run_ray(source: Path, out: Path, cpus: int) -> dict:
+def run_ray(source: Path, out: Path, workers: int) -> dict:
     from tirex.distributed import forecast_dataset
 
     peaks: dict[int, int] = {}
-    result = forecast_dataset(source, HORIZON, out, num_workers=cpus, progress=sys.stderr.isatty(),
+    result = forecast_dataset(source, HORIZON, out, num_workers=workers, progress=sys.stderr.isatty(),
                               on_partition=lambda s: peaks.__setitem__(s["pid"], max(peaks.get(s["pid"], 0),
                                                                                       s["peak_rss"])))
     return {"series": result.series, "seconds": result.seconds, "series_per_s": result.series / result.seconds,
@@ -165,6 +175,10 @@ def main(argv=None) -> int:
     parser.add_argument("--cpus", type=int, default=2, help="cores for either engine")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tirex-bench-distributed"))
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "bench_distributed.json")
+    parser.add_argument("--overhead-series", type=int, default=10_000,
+                        help="series for the one-thread / one-replica pair (0: skip)")
+    parser.add_argument("--phases", default="model_only,single,ray,ray_large,overhead",
+                        help="comma-separated subset of model_only,single,ray,ray_large,overhead")
     parser.add_argument("--keep", action="store_true", help="keep the generated data for a rerun")
     args = parser.parse_args(argv)
 
@@ -189,33 +203,45 @@ def main(argv=None) -> int:
         report[name] = result
         print(f"{name}: {json.dumps(result)}", file=sys.stderr)
 
-    phase("model_only", lambda: run_model_only(small, model))
-    phase("single", lambda: run_single(small, args.workdir / "out_single", model))
+    phases = set(args.phases.split(","))
+    overhead = linked_subset(full, args.workdir / "data_overhead", -(-args.overhead_series // args.per_partition))
+    if "model_only" in phases:
+        phase("model_only", lambda: run_model_only(small, model))
+    if "single" in phases:
+        phase("single", lambda: run_single(small, args.workdir / "out_single", model, args.cpus))
+    if "overhead" in phases and args.overhead_series:
+        phase("single_1thread", lambda: run_single(overhead, args.workdir / "out_single_1", model, 1))
     ray.init(num_cpus=args.cpus, include_dashboard=False)
     try:
-        phase("ray", lambda: run_ray(small, args.workdir / "out_ray", args.cpus))
-        if args.large > args.series:
+        if "ray" in phases:
+            phase("ray", lambda: run_ray(small, args.workdir / "out_ray", args.cpus))
+        if "ray_large" in phases and args.large > args.series:
             phase("ray_large", lambda: run_ray(full, args.workdir / "out_ray_large", args.cpus))
+        if "overhead" in phases and args.overhead_series:
+            phase("ray_1worker", lambda: run_ray(overhead, args.workdir / "out_ray_1", 1))
     finally:
         ray.shutdown()
     if not args.keep:
         shutil.rmtree(args.workdir, ignore_errors=True)
 
-    single, distributed = report["single"], report["ray"]
     print(f"\nCPU: {report['cpu']}; {args.cpus} cores; horizon {HORIZON}; context <= {MAX_CONTEXT}; {report['data']}")
-    print(f"| engine | series | seconds | series/s | vs single |\n| --- | --- | --- | --- | --- |")
-    for name in ("single", "ray", "ray_large"):
-        if name in report:
+    print("| engine | series | seconds | series/s | ratio |\n| --- | --- | --- | --- | --- |")
+    for name, base in (("single", "single"), ("ray", "single"), ("ray_large", "single"),
+                       ("single_1thread", "single_1thread"), ("ray_1worker", "single_1thread")):
+        if name in report and base in report:
             r = report[name]
-            print(f"| {name} | {r['series']:,} | {r['seconds']:.0f} | {r['series_per_s']:.0f} | "
-                  f"{r['series_per_s'] / single['series_per_s']:.2f}x |")
-    print(f"model.forecast alone on {report['model_only']['series']:,} arrays: "
-          f"{report['model_only']['series_per_s']:.0f} series/s")
+            print(f"| {name} | {r['series']:,} | {r['seconds']:.0f} | {r['series_per_s']:.1f} | "
+                  f"{r['series_per_s'] / report[base]['series_per_s']:.2f}x {base} |")
+    if "model_only" in report:
+        print(f"model.forecast alone on {report['model_only']['series']:,} arrays: "
+              f"{report['model_only']['series_per_s']:.1f} series/s")
     mib = 2**20
-    print(f"peak memory per Ray worker: {distributed['peak_rss_bytes_max'] / mib:.0f} MiB at {distributed['series']:,} series"
-          + (f", {report['ray_large']['peak_rss_bytes_max'] / mib:.0f} MiB at {report['ray_large']['series']:,}"
-             if "ray_large" in report else "")
-          + f"; single process {single['peak_rss_bytes'] / mib:.0f} MiB")
+    for name in ("ray", "ray_large", "ray_1worker"):
+        if name in report:
+            print(f"peak memory per Ray worker ({name}, {report[name]['series']:,} series): "
+                  + ", ".join(f"{b / mib:.0f} MiB" for b in report[name]["peak_rss_bytes_per_worker"]))
+    if "single" in report:
+        print(f"single process peak: {report['single']['peak_rss_bytes'] / mib:.0f} MiB")
     for key, value in report["load"].items():
         print(f"  {key}: {value}")
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -217,9 +217,9 @@ def forecast_dataset(
     id, e.g. by ``hash(id) % N``). Each partition is validated exactly as ``tirex forecast`` validates a file.
 
     ``output``: a folder; partition ``DIR/a/b.csv`` of ``source=DIR`` goes to ``output/a/b.parquet`` (folder
-    ``DIR/a/`` to ``output/a/forecast.parquet``) with the
-    columns of ``tirex forecast``'s output (``item_id``, ``timestamp``, ``mean``, one per level). A rerun
-    skips partitions already written with the same settings; ``_SUCCESS`` appears when all are done.
+    ``DIR/a/`` to ``output/a/forecast.parquet``) with the columns of ``tirex forecast``'s output (``item_id``,
+    ``timestamp``, ``mean``, one per level). A rerun skips partitions already written with the same settings;
+    ``_SUCCESS`` appears when all are done.
 
     Replicas: ``num_workers`` actors (default: the cluster's CPUs / ``cpus_per_worker``), each loading the
     model once and using ``cpus_per_worker`` threads. Ray is joined at ``address`` (or ``RAY_ADDRESS``), or
