@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.cpus)
     report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "cpu": cpu_model(),
               "cores": os.cpu_count(), "cpus_used": args.cpus, "horizon": HORIZON, "max_context": MAX_CONTEXT,
-              "per_partition": args.per_partition, "ray": ray.__version__, "torch": torch.__version__, "load": {}}
+              "per_partition": args.per_partition, "ray_version": ray.__version__, "torch_version": torch.__version__, "load": {}}
     small, full, report["data"] = build_datasets(args.workdir, args.series, max(args.large, args.series),
                                                  args.per_partition)
     model = load_model()
