@@ -290,6 +290,7 @@ def test_options_and_locations_are_checked_before_any_work(tmp_path):
     assert tirex_main(["forecast", str(source), "-H", "3", "--engine", "ray"]) == 2  # no --output
     assert tirex_main(["forecast", str(source), "-H", "3", "--engine", "ray", "-o", "x.csv"]) == 2
     assert tirex_main(["forecast", str(source), "-H", "3", "--engine", "ray", "-o", "x", "--layout", "wide"]) == 2
+    assert tirex_main(["forecast", "s3://bucket/sales.csv", "-H", "3"]) == 2  # URIs need the Ray engine
 
 
 def test_without_ray_the_message_says_how_to_install_it(monkeypatch, tmp_path, capsys):
