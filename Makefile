@@ -6,10 +6,10 @@ demo:
 	.venv/bin/tirex demo
 
 test:
-	bash scripts/setup.sh dev,eval,pretrain,data,serve
+	bash scripts/setup.sh dev,eval,pretrain,data,serve,distributed
 	.venv/bin/python -m pytest -q
 
 # the slow tests too (full offline-suite reproduction, longer trainings)
 test-all:
-	bash scripts/setup.sh dev,eval,pretrain,data,serve
+	bash scripts/setup.sh dev,eval,pretrain,data,serve,distributed
 	.venv/bin/python -m pytest -q -m "not gpu"

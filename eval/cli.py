@@ -34,6 +34,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download", action="store_true",
                         help="gift-eval: download Salesforce/GiftEval into --data-dir with huggingface_hub first")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="ray: forecast with model replicas on Ray (pip install 'tirex[distributed]'), locally or "
+                             "on the cluster at --address; our models only (default: local)")
+    parser.add_argument("--address", default=None,
+                        help="with --engine ray: the Ray cluster ('auto', host:6379, ray://host:10001; default: "
+                             "RAY_ADDRESS, else a local Ray instance)")
 
 
 def add_subparser(subparsers) -> argparse.ArgumentParser:
@@ -81,12 +87,13 @@ def run(args: argparse.Namespace) -> int:
 
             summary = run_gift_suite(args.model, name, args.data_dir, output_dir, _split(args.tasks),
                                      download=args.download, batch_size=args.batch_size,
-                                     progress=not args.no_progress)
+                                     progress=not args.no_progress, engine=args.engine, address=args.address)
         else:
             from .suites import run_fev_suite
 
             summary = run_fev_suite(args.suite, args.model, name, args.data_dir, output_dir, _split(args.tasks),
-                                    batch_size=args.batch_size, progress=not args.no_progress)
+                                    batch_size=args.batch_size, progress=not args.no_progress,
+                                    engine=args.engine, address=args.address)
     except ForecastError as err:
         print(f"error: the model's forecasts cannot be scored: {err}", file=sys.stderr)
         return 1

@@ -24,10 +24,11 @@ TOURISM_YEARLY_NOTE = (
 
 def run_fev_suite(
     suite: str, model, name: str, data_dir, output_dir, tasks: Sequence[str] | None = None,
-    batch_size: int = 256, progress: bool = True,
+    batch_size: int = 256, progress: bool = True, engine: str = "local", address: str | None = None,
 ) -> Path:
     """Run the offline suite or Chronos Benchmark II and write results.csv, leaderboard.csv, summary.md and
-    relative_scores.png under ``output_dir``; returns the summary path."""
+    relative_scores.png under ``output_dir``; returns the summary path. ``engine="ray"`` runs the forecasting
+    step on Ray (see ``make_forecaster``)."""
     output_dir = Path(output_dir)
     notes = ""
     if suite == "offline":
@@ -41,7 +42,7 @@ def run_fev_suite(
             notes = TOURISM_YEARLY_NOTE
     elif suite != "chronos-ii":
         raise ValueError(f"unknown fev suite {suite!r}")
-    forecaster = make_forecaster(model, batch_size=batch_size, name=name)
+    forecaster = make_forecaster(model, batch_size=batch_size, name=name, engine=engine, address=address)
     results = run_chronos_benchmark(forecaster, output_dir, data_dir=data_dir, tasks=tasks, model_name=name,
                                     progress=progress)
     board = chronos_leaderboard(results)
@@ -59,7 +60,7 @@ def run_fev_suite(
 
 def run_gift_suite(
     model, name: str, data_dir, output_dir, configs: Sequence[str] | None = None, download: bool = False,
-    batch_size: int = 256, progress: bool = True,
+    batch_size: int = 256, progress: bool = True, engine: str = "local", address: str | None = None,
 ) -> Path:
     """Run GIFT-Eval and write all_results.csv, config.json, leaderboard.csv, summary.md and
     relative_scores.png under ``output_dir``; returns the summary path."""
@@ -70,7 +71,7 @@ def run_gift_suite(
 
         snapshot_download("Salesforce/GiftEval", repo_type="dataset", local_dir=str(data_dir))
     output_dir = Path(output_dir)
-    forecaster = make_forecaster(model, batch_size=batch_size, name=name)
+    forecaster = make_forecaster(model, batch_size=batch_size, name=name, engine=engine, address=address)
     results = run_gift_eval(forecaster, data_dir, output_dir, configs=configs, model_name=name, progress=progress)
     partial = len(results) < 97
     board = gift_leaderboard(results, configs=list(results["dataset"]) if partial else None)

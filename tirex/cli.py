@@ -13,6 +13,8 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from tirex.distributed.cli import add_engine_options, path_or_uri
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
@@ -71,7 +73,7 @@ def _add_forecast_options(p: argparse.ArgumentParser) -> None:
                    help="comma-separated quantile levels in (0, 1) (default: 0.1,0.2,...,0.9)")
     p.add_argument("--model", default=None,
                    help="model folder, .ckpt file or Hugging Face Hub repo id (default: the bundled model)")
-    p.add_argument("--output", "-o", type=Path, default=None,
+    p.add_argument("--output", "-o", type=path_or_uri, default=None,
                    help="write the forecasts here (.csv or .parquet); printed as a table otherwise")
     p.add_argument("--plot", type=Path, default=None, help="write a fan chart PNG here")
     p.add_argument("--batch-size", type=_positive_int, default=256, help="series per forward pass (default 256)")
@@ -86,13 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Forecast every series in FILE. Long layout: one row per (id, timestamp, value); "
                                    "wide layout: a timestamp column and one column per series. Column names are "
                                    "detected (item_id/id/unique_id, timestamp/ds/date, target/y/value) or given.")
-    f.add_argument("file", type=Path, help="input table (.csv or .parquet)")
+    f.add_argument("file", type=path_or_uri, help="input table (.csv or .parquet); with --engine ray a file or folder")
     _add_forecast_options(f)
     f.add_argument("--layout", choices=("auto", "long", "wide"), default="auto",
                    help="table layout (default: auto = long if a target column is found)")
     f.add_argument("--id-column", default=None, help="series id column (long layout)")
     f.add_argument("--timestamp-column", default=None, help="timestamp column")
     f.add_argument("--target-column", default=None, help="value column (long layout)")
+    add_engine_options(f)
 
     d = sub.add_parser("demo", help="forecast the bundled real demo series and draw a fan chart",
                        description="Forecast the three public-domain demo series shipped with the package "
@@ -125,6 +128,12 @@ def _load(source, device):
 
 
 def cmd_forecast(args) -> int:
+    if args.engine == "ray":
+        from tirex.distributed.cli import forecast_command
+
+        return forecast_command(args)
+    if isinstance(args.file, str) or isinstance(args.output, str):
+        raise ValueError("the local engine reads and writes local files; use --engine ray for URIs like s3://...")
     from tirex.io import read_table, to_long
 
     long = to_long(read_table(args.file), args.file, args.layout, args.id_column, args.timestamp_column, args.target_column)
