@@ -154,8 +154,6 @@ def _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate_bf16, norm_weight
     """The compiled CPU kernel. With ``norm_weight`` it also applies the per-head group norm and adds
     ``residual`` (batch, steps, embed), returning the block's residual stream. (None, None) if the
     kernel does not handle these sizes."""
-    from . import cpu_kernel
-
     heads, batch, steps, four_dh = wx.shape
     dh = four_dh // 4
     wx = wx.detach()
@@ -164,12 +162,16 @@ def _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate_bf16, norm_weight
     if emulate_bf16 and not getattr(recurrent, "_tirex_bf16_rounded", False):
         r = _round_bf16(r)
     r = r.contiguous()
-    lib = cpu_kernel.load()
+    lib = inference.dispatch().library
     pairs = None
     block = pairs_block(lib) if emulate_bf16 and dh % 32 == 0 else None
     if block is not None:
-        cached = getattr(recurrent, "_tirex_bf16_pairs", None)  # (block, pairs) from _inference_weights
-        pairs = cached[1] if cached is not None and cached[0] == block else bf16_pairs(r, block)
+        cached = getattr(recurrent, "_tirex_bf16_pairs", None)  # {block: pairs} from _inference_weights
+        pairs = cached.get(block) if cached is not None else None
+        if pairs is None:
+            pairs = bf16_pairs(r, block)
+            if cached is not None:  # another kernel level was selected since: keep its layout too
+                cached[block] = pairs
     bias = bias.detach().float().contiguous()
     states = torch.empty(4, heads, batch, dh) if state is None else torch.stack([s.detach().float() for s in state])
     # the fused block output alternates between two reused residual-stream buffers within a forward
@@ -240,7 +242,7 @@ class SLSTMLayer(nn.Module):
                 recurrent._tirex_bf16_rounded = True
                 block = pairs_block(inference.compiled_kernels(recurrent)) if self.head_dim % 32 == 0 else None
                 if block is not None:
-                    recurrent._tirex_bf16_pairs = (block, bf16_pairs(recurrent, block))
+                    recurrent._tirex_bf16_pairs = {block: bf16_pairs(recurrent, block)}
             cached = (key, (projection.to(self.matmul_dtype), recurrent))
             self._inference_cache = cached
         return cached[1]
