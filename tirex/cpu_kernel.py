@@ -3,30 +3,29 @@ and the choice of which build runs on this CPU.
 
 One source (``_cpu_kernel/slstm_cpu.cpp``, plain C ABI, no torch headers) is compiled per
 instruction-set level with explicit compiler flags. ``LEVELS`` is the table from what the CPU reports to
-what runs; the highest level the CPU supports is chosen once, at the first load:
+what runs; the highest level the CPU supports is chosen once, at the first use:
 
-=============  =====================================  ==================================================
-level          needs (CPU flags)                      recurrence and weight matmuls
-=============  =====================================  ==================================================
-portable       nothing (any CPU, ARM included)        plain C++ (std::fma chains; the matmuls only where
-                                                      the compiler has an FMA instruction, else torch's)
-avx2           avx2, fma                              256-bit kernels, recurrent product from bf16 pairs
-avx512         avx512f/bw/dq/vl (+ avx2, fma)         512-bit kernels, recurrent product from bf16 pairs
-avx512_bf16    avx512 + avx512_bf16                   512-bit kernels, AVX512-BF16 recurrent product
-=============  =====================================  ==================================================
+===========  =====================================  =====================================================
+level        needs (CPU flags)                      recurrence and weight matmuls
+===========  =====================================  =====================================================
+portable     nothing (any CPU, ARM included)        plain C++ (std::fma chains); the weight matmuls only
+                                                    where the compiler has an FMA instruction, else torch's
+avx2         avx2, fma                              256-bit kernels, recurrent product from bf16 pairs
+avx512       avx512f/bw/dq/vl (+ avx2, fma)         512-bit kernels, recurrent product from bf16 pairs
+===========  =====================================  =====================================================
 
-Every level computes each matmul output as the same FMA chain, so forecasts do not depend on the
-batch, and levels portable, avx2 and avx512 give bit-identical forecasts (avx512_bf16 sums the
-recurrent product in pairs: equal up to bfloat16 rounding flips). AMX has no float32 arithmetic, so the
-exact mode cannot use it; the fast mode's bfloat16 matmuls run in torch (oneDNN), which uses AMX where
-present.
+Every level computes each matmul output as the same FMA chain and every reduction in a fixed order, so
+forecasts do not depend on the batch and all levels give the same bits. Native bfloat16 (AVX512-BF16,
+AMX-BF16) is used by the opt-in fast mode only, whose bfloat16 weight matmuls run in torch (oneDNN:
+AMX tiles where present, else AVX512-BF16 dot products): the exact mode's float32 arithmetic has no AMX
+form, and the AVX512-BF16 recurrent product lost to the AVX-512 one (see the kernel source).
 
-Forcing a level (tests, benchmarks, a CPU that misreports): ``TIREX_CPU_ISA=portable|avx2|avx512|
-avx512_bf16`` before the first load, or ``select("avx2")`` at run time (the next forward uses it).
+Forcing a level (tests, benchmarks, a CPU that misreports): ``TIREX_CPU_ISA=portable|avx2|avx512``
+before the first use, or ``select("avx2")`` at run time (forecasts started afterwards use it).
 ``TIREX_CPU_GEMM=0`` (or ``select(matmuls="torch")``) leaves the weight matmuls to torch.
 ``TIREX_CPU_KERNEL=0`` disables the kernels (the torch loop runs the recurrence).
 
-Each build takes 1-3 s on first use and is cached under ``$TIREX_CACHE_DIR`` (default
+Each build takes 1-4 s on first use and is cached under ``$TIREX_CACHE_DIR`` (default
 ``~/.cache/tirex/kernels``), keyed by the source, the compiler and the flags.
 """
 
@@ -63,8 +62,6 @@ LEVELS: dict[str, Level] = {level.name: level for level in (
     Level("portable", 0, (), (), x86_only=False),
     Level("avx2", 1, ("avx2", "fma"), tuple(_AVX2)),
     Level("avx512", 2, ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl"), tuple(_AVX512)),
-    Level("avx512_bf16", 3, ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_bf16"),
-          tuple(_AVX512 + ["-mavx512bf16"])),
 )}
 OFF = ("0", "false", "no", "off")
 
@@ -233,7 +230,7 @@ def _resolve(level: str | None, matmuls: str | None) -> Dispatch:
         raise ValueError(f"TIREX_CPU_ISA / level must be one of {list(LEVELS)}, got {forced!r}")
     chosen = forced or best
     flags = sorted(set(cpu_flags()) & {f for lv in LEVELS.values() for f in lv.needs} | (
-        set(cpu_flags()) & {"amx_bf16", "amx_tile"}))
+        set(cpu_flags()) & {"avx512_bf16", "amx_bf16", "amx_tile"}))
     why.append(f"CPU {cpu_model()!r} reports {' '.join(flags) or 'no vector extensions we use'}: best level {best}")
     if forced:
         why.append(f"level {forced} forced ({'select()' if level else 'TIREX_CPU_ISA'})")

@@ -6,14 +6,13 @@
 //
 // One source, compiled once per instruction-set level (tirex/cpu_kernel.py picks the level from what the
 // CPU reports and passes -DTIREX_LEVEL with the matching compiler flags):
-//   0 portable     plain C++, no intrinsics: builds with any C++17 compiler on any CPU (ARM included)
-//   1 avx2         AVX2 + FMA: hand-written weight matmuls, recurrent product from bfloat16 pairs
-//   2 avx512       AVX-512 F/BW/DQ/VL: the same with 512-bit vectors
-//   3 avx512_bf16  level 2 plus AVX512-BF16 dot products for the recurrent product
-// Every level computes each weight-matmul output as the same chain of fused multiply-adds over k in
-// ascending order (std::fma on the portable level), whatever the number of rows and the thread count,
-// so a row's result never depends on the other rows (batch independence) and levels 0-2 agree bit for
-// bit; level 3's recurrent product sums pairs of k (see matmul_rows_bf16).
+//   0 portable  plain C++, no intrinsics: builds with any C++17 compiler on any CPU (ARM included)
+//   1 avx2      AVX2 + FMA: hand-written weight matmuls, recurrent product from bfloat16 pairs
+//   2 avx512    AVX-512 F/BW/DQ/VL: the same with 512-bit vectors
+// Every level computes each matmul output (weights and recurrent product) as the same chain of fused
+// multiply-adds over k in ascending order (std::fma on the portable level), whatever the number of rows
+// and the thread count, and every reduction in a fixed order: a row's result never depends on the other
+// rows (batch independence), and all levels give the same bits.
 //
 // Work is split into independent items (head, block of batch rows): the recurrence never mixes
 // heads or batch rows, so each item runs all T steps without synchronising with the others.
@@ -51,13 +50,9 @@
 #if TIREX_LEVEL >= 2 && !(defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__))
 #error "TIREX_LEVEL >= 2 needs -mavx512f -mavx512bw -mavx512dq -mavx512vl"
 #endif
-#if TIREX_LEVEL >= 3 && !defined(__AVX512BF16__)
-#error "TIREX_LEVEL 3 needs -mavx512bf16"
-#endif
 
 #define TIREX_AVX2 (TIREX_LEVEL == 1)     // the 256-bit kernels
 #define TIREX_AVX512 (TIREX_LEVEL >= 2)   // the 512-bit kernels
-#define TIREX_BF16_DOT (TIREX_LEVEL >= 3)  // AVX512-BF16 dot products in the recurrent product
 
 namespace {
 
@@ -138,32 +133,6 @@ inline void matmul_rows(const float* y, const float* R, float* acc, int D, int G
   }
 }
 
-#if TIREX_BF16_DOT
-// The same product for bfloat16-exact operands (the reference's emulation rounds y and R to bfloat16):
-// acc[RB][G] = y[RB][D] @ R[D][G] with AVX512-BF16 dot products. Products of two bfloat16 values are
-// exact in float32, so only the summation order differs from the float32 loop (pairs of k at a time).
-// yp: per row, D / 2 pairs (y[2i] low, y[2i+1] high) of bfloat16 bits; Rp: (D / 2, G, 2) bfloat16 bits.
-template <int RB, int NV>
-inline void matmul_rows_bf16(const uint32_t* yp, const uint16_t* Rp, float* acc, int D, int G) {
-  const int half = D / 2;
-  for (int j0 = 0; j0 < G; j0 += 16 * NV) {
-    __m512 a[RB][NV];
-    for (int bi = 0; bi < RB; ++bi)
-      for (int v = 0; v < NV; ++v) a[bi][v] = _mm512_setzero_ps();
-    for (int i = 0; i < half; ++i) {
-      const uint16_t* r = Rp + (static_cast<size_t>(i) * G + j0) * 2;
-      __m512bh rv[NV];
-      for (int v = 0; v < NV; ++v) rv[v] = (__m512bh)_mm512_loadu_si512(r + 32 * v);
-      for (int bi = 0; bi < RB; ++bi) {
-        const __m512bh yv = (__m512bh)_mm512_set1_epi32(static_cast<int>(yp[bi * half + i]));
-        for (int v = 0; v < NV; ++v) a[bi][v] = _mm512_dpbf16_ps(a[bi][v], rv[v], yv);
-      }
-    }
-    for (int bi = 0; bi < RB; ++bi)
-      for (int v = 0; v < NV; ++v) _mm512_storeu_ps(acc + bi * G + j0 + 16 * v, a[bi][v]);
-  }
-}
-#endif
 
 
 #if TIREX_AVX2 || TIREX_AVX512
@@ -293,23 +262,12 @@ void run_item(const Problem& p, int h, int b0, int b1) {
   const float* R = p.R + static_cast<size_t>(h) * D * G;
   const float* bias = p.bias + static_cast<size_t>(h) * G;
   // The product is chosen per call, never per row (a row's result must not depend on its neighbours).
-#if TIREX_BF16_DOT
-  const bool dot = BF16 && p.R_pairs != nullptr && G % 128 == 0;
-  const uint16_t* Rp = dot ? p.R_pairs + static_cast<size_t>(h) * D * G : nullptr;
-  std::vector<uint32_t> yp(dot ? nb * D / 2 : 0);
-#elif TIREX_AVX2 || TIREX_AVX512
+#if TIREX_AVX2 || TIREX_AVX512
   const bool pairs = BF16 && p.R_pairs != nullptr && G % kPairBlock == 0 && D % 2 == 0;
 #endif
   for (int t = 0; t < p.T; ++t) {
     int bi = 0;
-#if TIREX_BF16_DOT
-    if (dot) {  // y is bfloat16-exact: its high halves are its bfloat16 bits
-      for (int r = 0; r < nb * D / 2; ++r)
-        yp[r] = (to_bits(y[2 * r]) >> 16) | (to_bits(y[2 * r + 1]) & 0xFFFF0000u);
-      for (; bi + 4 <= nb; bi += 4) matmul_rows_bf16<4, 4>(yp.data() + bi * D / 2, Rp, acc.data() + bi * G, D, G);
-      for (; bi < nb; ++bi) matmul_rows_bf16<1, 8>(yp.data() + bi * D / 2, Rp, acc.data() + bi * G, D, G);
-    } else
-#elif TIREX_AVX2 || TIREX_AVX512
+#if TIREX_AVX2 || TIREX_AVX512
     if (pairs) {
       const uint32_t* Rp = reinterpret_cast<const uint32_t*>(p.R_pairs + static_cast<size_t>(h) * D * G);
       for (; bi + 4 <= nb; bi += 4) matmul_rows_pairs<4, (TIREX_AVX512 ? 4 : 2)>(y.data() + bi * D, Rp, acc.data() + bi * G, D, G);
@@ -977,16 +935,17 @@ int tirex_gemm(const float* A, long lda, const float* B0, const float* B1, long 
   return 0;
 }
 
-// 1 if R_pairs is read as AVX512-BF16 dot-product operands, else 0.
-int tirex_has_bf16_dot() { return TIREX_BF16_DOT; }
+// 0: the recurrent product never uses AVX512-BF16 dot products (measured on a Sapphire Rapids core: 7%
+// faster than widening the pairs for single rows, 23% slower for blocks of rows, and summing pairs of k
+// would make results differ from the other levels). Kept for callers of earlier versions.
+int tirex_has_bf16_dot() { return 0; }
 
-// 1 if the recurrence reads R_pairs when given (AVX512-BF16 dot products, or AVX2 / AVX-512 widening), else 0.
+// 1 if the recurrence reads R_pairs when given (AVX2 / AVX-512 widening), else 0.
 int tirex_uses_bf16_pairs() { return TIREX_LEVEL >= 1; }
 
-// The column block of R_pairs: 0 for the (H, D / 2, 4D, 2) layout of the AVX512-BF16 product, else the
-// block width of the widening layout (H, 4D / block, D / 2, block, 2).
+// The column block of the R_pairs layout (H, 4D / block, D / 2, block, 2); 0 where none is read.
 int tirex_bf16_pairs_block() {
-#if TIREX_AVX2 || (TIREX_AVX512 && !TIREX_BF16_DOT)
+#if TIREX_AVX2 || TIREX_AVX512
   return kPairBlock;
 #else
   return 0;
