@@ -97,6 +97,9 @@ def backend_info(model=None) -> dict:
         blocks = getattr(model, "blocks", [])
         info["backend"] = sorted({block.slstm.backend for block in blocks}) if len(blocks) else []
         info["fast_mode"]["enabled"] = any(block.slstm.matmul_dtype == torch.bfloat16 for block in blocks)
+        if info["fast_mode"]["enabled"]:  # its bfloat16 matmuls are torch's
+            info["cpu"]["batch_independent_bitwise"] = False
+            info["cpu"]["why"].append("fast mode: bfloat16 weight matmuls in torch, not bitwise batch-independent")
         if info["device"].startswith("cuda"):
             reason = cuda_unsupported_reason(param.device)
             info["cuda"] = {"kernels": reason is None, "why": reason or "fused CUDA kernels"}
