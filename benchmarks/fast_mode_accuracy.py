@@ -118,11 +118,12 @@ def main() -> None:
     p.add_argument("--speed-model", default=str(ROOT / "benchmarks" / ".cache" / "tirex_random_published_size.ckpt"),
                    help="model for part 3 (default: the same random published-size checkpoint)")
     p.add_argument("--max-series", type=int, default=300, help="series per (set, horizon) group in part 2")
-    p.add_argument("--reps", type=int, default=4)
+    p.add_argument("--reps", type=int, default=4, help="alternating timed calls in part 3 (0: skip part 3)")
     args = p.parse_args()
     fixture_parity()
     offline_series(args.model, args.max_series)
-    speed(args.speed_model, args.reps)
+    if args.reps > 0:
+        speed(args.speed_model, args.reps)
 
 
 if __name__ == "__main__":

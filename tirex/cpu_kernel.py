@@ -269,7 +269,7 @@ def active() -> Dispatch:
 
 
 def select(level: str | None = None, matmuls: str | None = None) -> Dispatch:
-    """Switch the CPU kernel level ("portable", "avx2", "avx512", "avx512_bf16"; None = ``TIREX_CPU_ISA``
+    """Switch the CPU kernel level ("portable", "avx2", "avx512"; None = ``TIREX_CPU_ISA``
     or the best this CPU runs) and who does the weight matmuls ("compiled", "torch"; None =
     ``TIREX_CPU_GEMM`` or compiled). Forecasts started afterwards use it; one already running keeps the
     kernels it started with. Raises ``RuntimeError`` if the level cannot run here. Returns the new dispatch."""
