@@ -277,7 +277,7 @@ def residual_block(u: torch.Tensor, block: nn.Module, dtype: torch.dtype) -> tor
 
 
 # -- the compiled weight matmuls (tirex_gemm in the CPU kernel) ------------------------------------------
-GEMM_STORE, GEMM_ACCUMULATE, GEMM_RELU, GEMM_SWIGLU = 0, 1, 2, 3  # the kernel's GemmMode
+GEMM_STORE, GEMM_ACCUMULATE, GEMM_RELU, GEMM_SWIGLU, GEMM_STORE_BF16 = 0, 1, 2, 3, 4  # the kernel's GemmMode
 
 
 def gemm_enabled(lib) -> bool:
@@ -314,10 +314,12 @@ def gemm_(lib, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, mode: i
 
 
 def gemm_heads_(lib, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> None:
-    """out[h] = x[h] @ weight[h] for (heads, rows, in) x and contiguous (heads, in, out) weight."""
+    """out[h] = x[h] @ weight[h] for (heads, rows, in) x and contiguous (heads, in, out) weight; ``out``
+    float32, or bfloat16 (rounded to nearest even)."""
     heads, rows, k = x.shape
     n = weight.shape[2]
     threads = kernel_threads()
+    mode = GEMM_STORE_BF16 if out.dtype == torch.bfloat16 else GEMM_STORE
     for h in range(heads):
         lib.tirex_gemm(x[h].data_ptr(), x.stride(1), weight[h].data_ptr(), None, n, None, out[h].data_ptr(),
-                       out.stride(1), rows, n, k, GEMM_STORE, threads)
+                       out.stride(1), rows, n, k, mode, threads)

@@ -69,7 +69,9 @@ inline float round_bf16(float x) {
 template <bool BF16> inline float rnd(float x) { return BF16 ? round_bf16(x) : x; }
 
 inline float bf16_to_float(uint16_t b) { return from_bits(static_cast<uint32_t>(b) << 16); }
-inline uint16_t float_to_bf16(float x) { return static_cast<uint16_t>(to_bits(round_bf16(x)) >> 16); }
+inline uint16_t float_to_bf16(float x) {  // NaN stays NaN (a quiet one), whatever its payload
+  return x != x ? static_cast<uint16_t>((to_bits(x) >> 16) | 0x0040u) : static_cast<uint16_t>(to_bits(round_bf16(x)) >> 16);
+}
 
 // exp(x): Cody-Waite reduction, degree-6 polynomial, 2^n applied in two halves so that results
 // down to the subnormal range stay exact-ish. NaN propagates.
@@ -340,22 +342,31 @@ void run_item(const Problem& p, int h, int b0, int b1) {
 // fused multiply-adds over k = 0, 1, ..., K - 1 starting from zero, on every level, for any number of
 // rows, any row block and any thread count: a row's result never depends on the other rows.
 // Epilogues fuse what follows the matmul in the model:
-enum GemmMode { kStore = 0, kAccumulate = 1, kRelu = 2, kSwiGlu = 3 };
+enum GemmMode { kStore = 0, kAccumulate = 1, kRelu = 2, kSwiGlu = 3, kStoreBf16 = 4 };
 //   kStore:      C = A B (+ bias)        kAccumulate: C += A B (+ bias)        kRelu: C = max(A B + bias, 0)
 //   kSwiGlu:     C = silu(A G) * (A U): B0 = G and B1 = U (both K x N); a panel holds gate and up columns.
+//   kStoreBf16:  C = bfloat16(A B (+ bias)), C holding bfloat16 bits (ldc in elements): the input
+//                pre-activations of the bfloat16-emulating recurrence, which rounds them so anyway.
 
 struct Gemm {
   const float* A; long lda;
   const float* B0; const float* B1; long ldb;
   const float* bias;
-  float* C; long ldc;
+  void* C; long ldc;
   int M, N, K, mode;
 };
 
 // The finished sums of `width` outputs of one row (columns j0 ...) into c, per g.mode; for kSwiGlu the
 // up projection's sums follow `up` floats after the gate's.
-inline void epilogue(const Gemm& g, const float* acc, int up, float* c, int j0, int width) {
+inline void epilogue(const Gemm& g, const float* acc, int up, int row, int j0, int width) {
   const float* bias = g.bias ? g.bias + j0 : nullptr;
+  if (g.mode == kStoreBf16) {
+    uint16_t* c = static_cast<uint16_t*>(g.C) + row * g.ldc + j0;
+#pragma omp simd
+    for (int j = 0; j < width; ++j) c[j] = float_to_bf16(bias ? acc[j] + bias[j] : acc[j]);
+    return;
+  }
+  float* c = static_cast<float*>(g.C) + row * g.ldc + j0;
   switch (g.mode) {
     case kSwiGlu:
 #pragma omp simd
@@ -494,7 +505,7 @@ void gemm_panel(const Gemm& g, int r0, int r1, int j0) {
   for (int b = 0; b < blocks; ++b) {
     const int first = block_row(b), from = b == 0 ? first : std::max(first, block_row(b - 1) + 6);
     for (int i = from; i < std::min(r1, first + 6); ++i)
-      epilogue(g, acc + (b * 6 + i - first) * 16, 8, g.C + static_cast<long>(i) * g.ldc + j0, j0, width);
+      epilogue(g, acc + (b * 6 + i - first) * 16, 8, i, j0, width);
   }
 }
 
@@ -538,7 +549,7 @@ void gemm_columns(const Gemm& g, int r0, int r1, int j0) {
         if (swiglu) acc[half + j] = s1;
       }
     }
-    epilogue(g, acc, 32, g.C + static_cast<long>(i) * g.ldc + j0, j0, width);
+    epilogue(g, acc, 32, i, j0, width);
   }
 }
 #else
@@ -665,7 +676,7 @@ void gemm_panel(const Gemm& g, int r0, int r1, int j0, int next) {
   for (int b = 0; b < blocks; ++b) {
     const int first = block_row(b), from = b == 0 ? first : std::max(first, block_row(b - 1) + kMR);
     for (int i = from; i < std::min(r1, first + kMR); ++i)
-      epilogue(g, acc + (b * kMR + i - first) * kPanel, step, g.C + static_cast<long>(i) * g.ldc + j0, j0, width);
+      epilogue(g, acc + (b * kMR + i - first) * kPanel, step, i, j0, width);
   }
 }
 
@@ -712,7 +723,7 @@ void gemm_columns(const Gemm& g, int r0, int r1, int j0) {
         if (swiglu) acc[step + j] = s1;
       }
     }
-    epilogue(g, acc, step, g.C + static_cast<long>(i) * g.ldc + j0, j0, width);
+    epilogue(g, acc, step, i, j0, width);
   }
 }
 #endif  // TIREX_AVX2
@@ -907,8 +918,9 @@ int tirex_native_fma() {
 int tirex_has_gemm() { return 1; }
 
 // C = A @ B with the epilogue `mode` (see GemmMode): A (M x K, row stride lda), B0 / B1 (K x N, row
-// stride ldb; B1 only for kSwiGlu), bias (N) or null, C (M x N, row stride ldc). Returns 0.
-int tirex_gemm(const float* A, long lda, const float* B0, const float* B1, long ldb, const float* bias, float* C,
+// stride ldb; B1 only for kSwiGlu), bias (N) or null, C (M x N, row stride ldc; float32, or bfloat16 bits
+// for kStoreBf16). Returns 0.
+int tirex_gemm(const float* A, long lda, const float* B0, const float* B1, long ldb, const float* bias, void* C,
                long ldc, int M, int N, int K, int mode, int num_threads) {
   if (M <= 0 || N <= 0 || K <= 0) return 0;
   Gemm g{A, lda, B0, B1, ldb, bias, C, ldc, M, N, K, mode};
