@@ -94,6 +94,15 @@ def test_levels_refuse_missing_compiler_flags(tmp_path):
     assert proc.returncode != 0 and "needs -mavx512f" in proc.stderr
 
 
+@pytest.mark.skipif(cpu_kernel._compiler() is None, reason="no C++ compiler")
+def test_portable_level_uses_no_x86_intrinsics():
+    """What the portable level compiles is plain C++ (so ARM and any other CPU get the same code)."""
+    proc = subprocess.run([cpu_kernel._compiler(), "-E", "-std=c++17", "-DTIREX_LEVEL=0", str(cpu_kernel.SOURCE)],
+                          capture_output=True, text=True, check=True)
+    for marker in ("immintrin", "__m256", "__m512", "_mm256_", "_mm512_", "_mm_prefetch"):
+        assert marker not in proc.stdout, marker
+
+
 @pytest.mark.parametrize("cross", ["aarch64-linux-gnu-g++", "clang++"])
 def test_portable_level_compiles_for_arm(cross, tmp_path):
     """Where a cross compiler is installed, the portable level compiles for 64-bit ARM (object file only)."""

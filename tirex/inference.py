@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_kernel
+
 ROWS_PER_CHUNK = 2048  # few, large ops: smaller chunks lose more to thread synchronisation than they gain in cache
 
 
@@ -71,7 +73,7 @@ def workspace():
         yield
         return
     _local.buffers = {}
-    _local.dispatch = _cpu_kernel().active()  # one forward uses one set of kernels, whatever select() does meanwhile
+    _local.dispatch = cpu_kernel.active()  # one forward uses one set of kernels, whatever select() does meanwhile
     try:
         yield
     finally:
@@ -178,15 +180,9 @@ def return_large_blocks_to_the_os() -> None:
         pass  # not glibc
 
 
-def _cpu_kernel():
-    from . import cpu_kernel
-
-    return cpu_kernel
-
-
 def dispatch():
     """The CPU kernel dispatch of the running forward (``tirex.cpu_kernel.active()`` outside a forward)."""
-    return getattr(_local, "dispatch", None) or _cpu_kernel().active()
+    return getattr(_local, "dispatch", None) or cpu_kernel.active()
 
 
 def compiled_kernels(x: torch.Tensor):
