@@ -591,15 +591,37 @@ inline void prefetch_l2(const float* p) { __builtin_prefetch(p, 0, 2); }
 constexpr int kPanel = kNV * Vec::W;
 constexpr int kRowChunk = 96;   // rows of A per pass over the panels
 
+// Where a register block reads its panel: the packed copy, or (the first block of a k-block) the rows of B
+// themselves, columns [0, kPanel / 2) from `low` and [kPanel / 2, kPanel) from `high` (row stride ldb),
+// which it copies into the packed panel on the way: packing costs no pass of its own.
+struct Source {
+  const float* low; const float* high; long ldb;
+};
+
 // acc (MR x kPanel) [+]= A (MR rows, stride lda) x panel (kc x kPanel, contiguous)
-template <int MR>
-inline void micro_kernel(const float* A, long lda, const float* Bp, int kc, float* acc, bool first) {
+template <int MR, bool PACK>
+inline void micro_kernel(const float* A, long lda, float* Bp, int kc, float* acc, bool first, const Source& src) {
+  constexpr int H = kNV / 2;
   Vec c[MR][kNV];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < kNV; ++v) c[i][v] = first ? Vec::zero() : Vec::load(acc + i * kPanel + v * Vec::W);
   for (int k = 0; k < kc; ++k) {
     Vec b[kNV];
-    for (int v = 0; v < kNV; ++v) b[v] = Vec::load(Bp + k * kPanel + v * Vec::W);
+    if constexpr (PACK) {
+      const float* low = src.low + k * src.ldb;
+      const float* high = src.high + k * src.ldb;
+      if (k + 8 < kc) {  // rows of B are far apart: fetch 8 rows ahead, one line per 16 floats
+        for (int l = 0; l < kPanel / 2; l += 16) {
+          prefetch(low + 8 * src.ldb + l);
+          prefetch(high + 8 * src.ldb + l);
+        }
+      }
+      for (int v = 0; v < H; ++v) b[v] = Vec::load(low + v * Vec::W);
+      for (int v = 0; v < H; ++v) b[H + v] = Vec::load(high + v * Vec::W);
+      for (int v = 0; v < kNV; ++v) b[v].store(Bp + k * kPanel + v * Vec::W);
+    } else {
+      for (int v = 0; v < kNV; ++v) b[v] = Vec::load(Bp + k * kPanel + v * Vec::W);
+    }
     for (int i = 0; i < MR; ++i) {
       const Vec a = Vec::set1(A[i * lda + k]);
       for (int v = 0; v < kNV; ++v) c[i][v] = Vec::fma(a, b[v], c[i][v]);
@@ -609,12 +631,12 @@ inline void micro_kernel(const float* A, long lda, const float* Bp, int kc, floa
     for (int v = 0; v < kNV; ++v) c[i][v].store(acc + i * kPanel + v * Vec::W);
 }
 
-template <int MR = kMR>
-inline void micro_any(int mr, const float* A, long lda, const float* Bp, int kc, float* acc, bool first) {
+template <bool PACK, int MR = kMR>
+inline void micro_any(int mr, const float* A, long lda, float* Bp, int kc, float* acc, bool first, const Source& src) {
   if constexpr (MR > 1) {
-    if (mr < MR) return micro_any<MR - 1>(mr, A, lda, Bp, kc, acc, first);
+    if (mr < MR) return micro_any<PACK, MR - 1>(mr, A, lda, Bp, kc, acc, first, src);
   }
-  micro_kernel<MR>(A, lda, Bp, kc, acc, first);
+  micro_kernel<MR, PACK>(A, lda, Bp, kc, acc, first, src);
 }
 
 // Output columns [j0, j0 + step) of rows [r0, r1) (at most kRowChunk rows), step = kPanel (kPanel / 2 for
@@ -637,26 +659,18 @@ void gemm_panel(const Gemm& g, int r0, int r1, int j0, int next) {
   auto block_row = [&](int b) { return rows <= kMR ? r0 : std::min(r0 + kMR * b, r1 - kMR); };
   for (int k0 = 0; k0 < g.K; k0 += kKBlock) {
     const int kc = std::min(kKBlock, g.K - k0);
-    for (int k = 0; k < kc; ++k) {
+    const bool fused = width == step;  // full panel: the first register block packs it
+    const Source src{B0 + static_cast<long>(k0) * g.ldb,
+                     swiglu ? B1 + static_cast<long>(k0) * g.ldb : B0 + static_cast<long>(k0) * g.ldb + kPanel / 2,
+                     g.ldb};
+    for (int k = 0; k < kc && !fused; ++k) {  // the zero-padded edge panel
       const float* b0 = B0 + static_cast<long>(k0 + k) * g.ldb;
       const float* b1 = swiglu ? B1 + static_cast<long>(k0 + k) * g.ldb : nullptr;
       float* dst = panel + k * kPanel;
-      if (k + 8 < kc) {  // fetch 8 rows ahead: one line per 16 floats
-        for (int l = 0; l < step; l += 16) {
-          prefetch(b0 + 8 * g.ldb + l);
-          if (swiglu) prefetch(b1 + 8 * g.ldb + l);
-        }
-      }
-      if (width == step) {
-        for (int j = 0; j < step; ++j) dst[j] = b0[j];
-        if (swiglu)
-          for (int j = 0; j < step; ++j) dst[step + j] = b1[j];
-      } else {
-        for (int j = 0; j < kPanel; ++j) dst[j] = 0.0f;
-        for (int j = 0; j < width; ++j) {
-          dst[j] = b0[j];
-          if (swiglu) dst[step + j] = b1[j];
-        }
+      for (int j = 0; j < kPanel; ++j) dst[j] = 0.0f;
+      for (int j = 0; j < width; ++j) {
+        dst[j] = b0[j];
+        if (swiglu) dst[step + j] = b1[j];
       }
     }
     const int share = (kc + blocks - 1) / blocks;
@@ -669,8 +683,11 @@ void gemm_panel(const Gemm& g, int r0, int r1, int j0, int next) {
           }
         }
       }
-      micro_any(std::min(kMR, rows), g.A + static_cast<long>(block_row(b)) * g.lda + k0, g.lda, panel, kc,
-                acc + b * kMR * kPanel, k0 == 0);
+      const float* a = g.A + static_cast<long>(block_row(b)) * g.lda + k0;
+      if (fused && b == 0)
+        micro_any<true>(std::min(kMR, rows), a, g.lda, panel, kc, acc, k0 == 0, src);
+      else
+        micro_any<false>(std::min(kMR, rows), a, g.lda, panel, kc, acc + b * kMR * kPanel, k0 == 0, src);
     }
   }
   for (int b = 0; b < blocks; ++b) {
