@@ -274,10 +274,13 @@ def select(level: str | None = None, matmuls: str | None = None) -> Dispatch:
     ``TIREX_CPU_GEMM`` or compiled). Forecasts started afterwards use it; one already running keeps the
     kernels it started with. Raises ``RuntimeError`` if the level cannot run here. Returns the new dispatch."""
     global _active
+    if level is not None and level not in LEVELS:
+        raise ValueError(f"unknown CPU kernel level {level!r}; choose one of {list(LEVELS)}")
     with _select_lock:
         dispatch = _resolve(level, matmuls)
         if level is not None and dispatch.level != level:
-            raise RuntimeError(f"CPU kernel level {level!r} unavailable: {level_error(level)}")
+            reason = level_error(level) or "; ".join(dispatch.why)
+            raise RuntimeError(f"CPU kernel level {level!r} unavailable: {reason}")
         _active = dispatch
     return dispatch
 
