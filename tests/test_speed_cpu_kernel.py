@@ -182,6 +182,7 @@ def test_stacked_rollout_passes_equal_sequential_passes(monkeypatch):
 
 
 def test_missing_kernel_source_falls_back(monkeypatch, tmp_path, fresh_dispatch):
+    monkeypatch.delenv("TIREX_CPU_KERNEL", raising=False)  # the reason tested here, not the switch
     monkeypatch.setattr(cpu_kernel, "SOURCE", tmp_path / "absent.cpp")
     backends._warned.clear()
     wx, r, b = _inputs(2, 2, 5, 8)
