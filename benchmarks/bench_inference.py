@@ -13,6 +13,8 @@ Usage:
     python benchmarks/bench_inference.py --quick         # fewer processes / repetitions
     python benchmarks/bench_inference.py --device cuda   # GPU, where present
     python benchmarks/bench_inference.py --ours-fast     # also time our opt-in bfloat16 fast mode
+    python benchmarks/bench_inference.py --variant torch_mm=TIREX_CPU_GEMM=0 --variant avx2=TIREX_CPU_ISA=avx2
+                                                         # also time ours with other settings (A/B in one run)
 
 Set up the reference environment once:
     python -m venv .venv-ref && .venv-ref/bin/pip install torch==<ours> && .venv-ref/bin/pip install tirex-ts==1.4.2
@@ -80,7 +82,7 @@ def worker(args) -> None:
         from tirex import load_model
 
         model = load_model(str(args.ckpt), device=args.device)
-        if args.worker == "ours_fast":
+        if args.worker.endswith("_fast"):
             model.set_fast_mode(True, force=True)  # measured even where it is slow
 
         def run():
@@ -100,8 +102,12 @@ def worker(args) -> None:
     first_s, (q, mean) = timed()
     times = [timed()[0] for _ in range(args.reps)]
     torch.save({"quantiles": q.float().cpu(), "mean": mean.float().cpu()}, args.out_tensor)
+    info = None
+    if args.worker != "ref":
+        info = model.backend_info()
+        info = {"level": info["cpu"]["level"], "matmuls": info["cpu"]["matmuls"], "fast": info["fast_mode"].get("enabled")}
     print(json.dumps({
-        "impl": args.worker, "scenario": args.scenario, "load_s": load_s, "first_s": first_s, "times": times,
+        "impl": args.worker, "dispatch": info, "scenario": args.scenario, "load_s": load_s, "first_s": first_s, "times": times,
         "peak_rss_mb": _peak_rss_mb(), "threads": torch.get_num_threads(), "loadavg_1min": os.getloadavg()[0],
         "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else None,
     }))
@@ -128,13 +134,14 @@ write_reference_checkpoint(model, {str(path)!r})
 
 
 def run_worker(python: Path, impl: str, scenario: str, ckpt: Path, reps: int, device: str, out_tensor: Path,
-               threads: int | None) -> dict:
+               threads: int | None, env: dict | None = None) -> dict:
     cmd = [str(python), str(Path(__file__).resolve()), "--worker", impl, "--scenario", scenario, "--ckpt", str(ckpt),
            "--reps", str(reps), "--device", device, "--out-tensor", str(out_tensor)]
     if threads:
         cmd += ["--threads", str(threads)]
     # run from a neutral folder so the reference venv never imports our source tree
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir())
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir(),
+                          env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         raise RuntimeError(f"{impl} worker failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -153,7 +160,7 @@ def parity(ours: Path, ref: Path, scenario: str) -> tuple[float, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--worker", choices=["ours", "ours_fast", "ref"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--out-tensor", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--scenario", choices=list(SCENARIOS), action="append")
     p.add_argument("--ckpt", type=Path, default=None, help="reference-layout checkpoint (default: a cached random one)")
@@ -163,6 +170,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="2 processes x 3 calls")
     p.add_argument("--ours-fast", action="store_true", help="also time our bfloat16 fast mode")
     p.add_argument("--no-ref", action="store_true", help="skip tirex-ts (no .venv-ref)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=VAR=VALUE[,VAR=VALUE]",
+                   help="also time ours with these environment variables (e.g. torch_mm=TIREX_CPU_GEMM=0)")
     p.add_argument("--json", type=Path, help="also write all raw results here")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads in both implementations (default: torch's default)")
@@ -180,8 +189,13 @@ def main() -> None:
         print(f"writing random-weight checkpoint {ckpt}")
         write_checkpoint(ckpt)
     impls = {"ours": ROOT / ".venv" / "bin" / "python"}
+    envs: dict[str, dict] = {}
     if args.ours_fast:
         impls["ours_fast"] = impls["ours"]
+    for spec in args.variant:
+        name, _, settings = spec.partition("=")
+        envs[name] = dict(item.split("=", 1) for item in settings.split(",") if item)
+        impls[name] = impls["ours"]
     if not args.no_ref:
         impls["ref"] = ROOT / ".venv-ref" / "bin" / "python"
         if not impls["ref"].exists():
@@ -195,7 +209,9 @@ def main() -> None:
                 order = list(impls) if i % 2 == 0 else list(reversed(impls))
                 for impl in order:
                     out = Path(tmp) / f"{scenario}_{impl}.pt"
-                    r = run_worker(impls[impl], impl, scenario, ckpt, args.reps, args.device, out, args.threads)
+                    r = run_worker(impls[impl], impl, scenario, ckpt, args.reps, args.device, out, args.threads,
+                                   envs.get(impl))
+                    r["env"] = envs.get(impl, {})
                     runs[impl].append(r)
                     print(f"  {scenario} {impl:9s} proc {i}: first {r['first_s']:.3f}s  median "
                           f"{statistics.median(r['times']):.3f}s  rss {r['peak_rss_mb']:.0f} MB  load {r['loadavg_1min']:.1f}",
@@ -207,8 +223,22 @@ def main() -> None:
                         err[impl] = parity(Path(tmp) / f"{scenario}_{impl}.pt", Path(tmp) / f"{scenario}_ref.pt", scenario)
             results[scenario] = {"runs": runs, "parity": err}
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        args.json.write_text(json.dumps({"machine": machine(), "args": sys.argv[1:], "results": results}, indent=1))
     print_table(results, args)
+
+
+def machine() -> dict:
+    """CPU model and the ISA flags that matter here (as lscpu shows them), torch version, load, date."""
+    sys.path.insert(0, str(ROOT))
+    from tirex import cpu_kernel
+
+    wanted = {"avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_bf16", "avx512_fp16",
+              "amx_bf16", "amx_tile", "amx_int8", "asimd", "sve"}
+    import torch
+
+    return {"cpu_model": cpu_kernel.cpu_model(), "isa_flags": sorted(cpu_kernel.cpu_flags() & wanted),
+            "cpus": os.cpu_count(), "torch": torch.__version__, "loadavg_at_end": os.getloadavg(),
+            "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
 def print_table(results: dict, args) -> None:

@@ -8,12 +8,13 @@ Three measurements, each as |fast - X| / std of the series' last window (the spe
   3. wall time of exact vs fast mode at the published size (batch 32, context 2048, horizon 64).
 
 Usage:
-    python benchmarks/fast_mode_accuracy.py [--model PATH] [--max-series 300]
+    python benchmarks/fast_mode_accuracy.py [--model PATH] [--max-series 300] [--speed-model PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 from tirex import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "tirex_reference_small"
+FIXTURE = Path(os.environ.get("TIREX_SHARED", ROOT.parent / "shared")) / "fixtures" / "tirex_reference_small"
 
 
 def _std(series: torch.Tensor, window: int) -> float:
@@ -113,13 +114,16 @@ def speed(model_path, reps: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(ROOT / "benchmarks" / ".cache" / "tirex_random_published_size.ckpt"),
-                   help="model for parts 2 and 3 (default: the benchmark's random published-size checkpoint)")
+                   help="model for part 2 (default: the benchmark's random published-size checkpoint)")
+    p.add_argument("--speed-model", default=str(ROOT / "benchmarks" / ".cache" / "tirex_random_published_size.ckpt"),
+                   help="model for part 3 (default: the same random published-size checkpoint)")
     p.add_argument("--max-series", type=int, default=300, help="series per (set, horizon) group in part 2")
-    p.add_argument("--reps", type=int, default=4)
+    p.add_argument("--reps", type=int, default=4, help="alternating timed calls in part 3 (0: skip part 3)")
     args = p.parse_args()
     fixture_parity()
     offline_series(args.model, args.max_series)
-    speed(args.model, args.reps)
+    if args.reps > 0:
+        speed(args.speed_model, args.reps)
 
 
 if __name__ == "__main__":

@@ -32,12 +32,22 @@ def test_shapes_for_array_inputs(model):
     assert torch.equal(mean, q[..., 4])  # the point forecast is the median, as in the reference
 
 
+def assert_batch_independent(model, a, b, series):
+    """What the README promises: bitwise the same with the compiled matmuls (every CPU kernel level);
+    with torch's matmuls (TIREX_CPU_GEMM=0, no kernel, fast mode) within the spec's parity bar."""
+    if model.backend_info()["cpu"]["batch_independent_bitwise"]:
+        assert torch.equal(a, b)
+        return
+    scale = torch.tensor([max(np.std(np.asarray(s)[-256:]), 1e-6) for s in series], dtype=a.dtype).view(-1, 1, 1)
+    err = (a - b).abs() / scale
+    assert err.max() <= 1e-2 and err.mean() <= 5e-4
+
+
 def test_ragged_list_equals_individual_calls(model):
     series = [sine(50), sine(300, phase=2), sine(700, period=7)]
     q_all, _ = model.forecast(series, prediction_length=33, batch_size=2)
-    for i, s in enumerate(series):
-        q_one, _ = model.forecast(s, prediction_length=33, output_type="torch")
-        torch.testing.assert_close(q_all[i], q_one[0], rtol=0, atol=1e-5)
+    q_one = torch.cat([model.forecast(s, prediction_length=33, output_type="torch")[0] for s in series])
+    assert_batch_independent(model, q_all, q_one, series)
 
 
 def test_results_do_not_depend_on_batch_composition(model):
@@ -46,8 +56,8 @@ def test_results_do_not_depend_on_batch_composition(model):
     a, _ = model.forecast(series, prediction_length=20, batch_size=7)
     b, _ = model.forecast(series, prediction_length=20, batch_size=3)
     c, _ = model.forecast(series[::-1], prediction_length=20, batch_size=1)
-    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
-    torch.testing.assert_close(a, c.flip(0), rtol=0, atol=1e-5)
+    assert_batch_independent(model, a, b, series)
+    assert_batch_independent(model, a, c.flip(0), series)
 
 
 def test_other_quantile_levels_are_monotone_and_consistent(model):

@@ -72,9 +72,15 @@ def test_grad_mode_uses_the_differentiable_torch_loop():
     assert wx.grad is not None and torch.isfinite(wx.grad).all()
 
 
-def test_disabled_kernel_falls_back_with_one_warning(monkeypatch):
-    monkeypatch.setattr(cpu_kernel, "_library", None)
-    monkeypatch.setattr(cpu_kernel, "_error", None)
+@pytest.fixture
+def fresh_dispatch():
+    """Let a test decide the kernel dispatch from its own environment; restore the default afterwards."""
+    cpu_kernel.reset()
+    yield
+    cpu_kernel.reset()
+
+
+def test_disabled_kernel_falls_back_with_one_warning(monkeypatch, fresh_dispatch):
     monkeypatch.setenv("TIREX_CPU_KERNEL", "0")
     backends._warned.clear()
     wx, r, b = _inputs(2, 2, 5, 8)
@@ -87,9 +93,7 @@ def test_disabled_kernel_falls_back_with_one_warning(monkeypatch):
     assert torch.equal(y, ref) and torch.equal(y2, ref)
 
 
-def test_failed_build_falls_back(monkeypatch, tmp_path):
-    monkeypatch.setattr(cpu_kernel, "_library", None)
-    monkeypatch.setattr(cpu_kernel, "_error", None)
+def test_failed_build_falls_back(monkeypatch, tmp_path, fresh_dispatch):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("TIREX_CACHE_DIR", str(tmp_path))
     backends._warned.clear()
@@ -177,35 +181,8 @@ def test_stacked_rollout_passes_equal_sequential_passes(monkeypatch):
     assert model._independent_passes(0, 2, 5, 2, None, 3) == [0, 2]  # the last pass predicts 1 patch, not 2
 
 
-@pytest.mark.parametrize("setting, expected_small", [
-    ("", 1),      # default: small forwards run on one thread
-    ("2", 2),     # TIREX_SMALL_FORWARD_THREADS opts in to more
-    ("8", 2),     # never more than torch would use
-    ("x", 1),     # unreadable: the default
-])
-def test_small_forward_threads_and_restores_threads(monkeypatch, setting, expected_small):
-    from tirex import inference
-
-    monkeypatch.setenv("TIREX_SMALL_FORWARD_THREADS", setting)
-    model = _small_model()
-    seen = []
-    original = inference.residual_block
-    monkeypatch.setattr(inference, "residual_block", lambda *a: seen.append(torch.get_num_threads()) or original(*a))
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with torch.no_grad():
-            model(torch.randn(1, 8, 64))  # 8 token rows: small
-            model(torch.randn(inference.SMALL_ROWS // 8, 8, 64))  # SMALL_ROWS rows: not small
-        assert seen == [expected_small, expected_small, 2, 2]
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
-
-
-def test_missing_kernel_source_falls_back(monkeypatch, tmp_path):
-    monkeypatch.setattr(cpu_kernel, "_library", None)
-    monkeypatch.setattr(cpu_kernel, "_error", None)
+def test_missing_kernel_source_falls_back(monkeypatch, tmp_path, fresh_dispatch):
+    monkeypatch.delenv("TIREX_CPU_KERNEL", raising=False)  # the reason tested here, not the switch
     monkeypatch.setattr(cpu_kernel, "SOURCE", tmp_path / "absent.cpp")
     backends._warned.clear()
     wx, r, b = _inputs(2, 2, 5, 8)
@@ -215,30 +192,15 @@ def test_missing_kernel_source_falls_back(monkeypatch, tmp_path):
 
 
 @needs_kernel
-def test_bf16_dot_product_path_agrees_with_the_float32_product(monkeypatch):
-    """Where the kernel has the AVX512-BF16 product (single rows), it matches the float32 product up to rare flips."""
-    from tirex import slstm
-
-    if not cpu_kernel.load().tirex_has_bf16_dot():
-        pytest.skip("kernel built without AVX512-BF16")
-    wx, r, b = _inputs(4, 3, 40, 64, seed=7)
-    y_dot, s_dot = slstm_recurrence(wx, r, b, None, True, "cpu")
-    monkeypatch.setattr(slstm, "bf16_pairs", lambda recurrent, block=0: None)  # no repacked R: the float32 product
-    y_f32, s_f32 = slstm_recurrence(wx, r, b, None, True, "cpu")
-    assert (y_dot == y_f32).float().mean() > 0.98
-    assert (y_dot - y_f32).abs().mean() < 1e-3
-
-
-@needs_kernel
 @pytest.mark.parametrize("batch", [1, 5, 9])  # single rows, blocks of 4 rows plus single rows
-def test_avx2_bf16_pairs_give_bitwise_the_float32_product(monkeypatch, batch):
-    """On AVX2 CPUs without AVX512-BF16 the kernel reads R as bfloat16 pairs and widens them; the products
+def test_bf16_pairs_give_bitwise_the_float32_product(monkeypatch, batch):
+    """On the AVX2 and AVX-512 levels the kernel reads R as bfloat16 pairs and widens them; the products
     and their summation order are those of the float32 loop, so every output and state is bitwise equal."""
     from tirex import slstm
 
     lib = cpu_kernel.load()
-    if lib.tirex_has_bf16_dot() or not lib.tirex_uses_bf16_pairs():
-        pytest.skip("kernel not built for the AVX2 bfloat16-pair product")
+    if not lib.tirex_uses_bf16_pairs():
+        pytest.skip("kernel level without the bfloat16-pair product")
     wx, r, b = _inputs(3, batch, 21, 64, seed=3)
     y_pairs, s_pairs = slstm_recurrence(wx, r, b, None, True, "cpu")
     calls = []
@@ -254,35 +216,36 @@ def test_avx2_bf16_pairs_give_bitwise_the_float32_product(monkeypatch, batch):
 
 
 @needs_kernel
-def test_kernel_threads_in_small_forwards(monkeypatch):
-    """Small forwards run their ops on one thread but the recurrence keeps torch's thread count (its
-    threads never meet within a layer); results do not depend on it."""
-    from tirex import inference, slstm
+def test_forwards_never_change_the_thread_count(monkeypatch):
+    """The kernels take torch's thread count as it is (small forwards included) and results do not depend
+    on it; no forward calls torch.set_num_threads (process-wide: another thread's forecast would see it)."""
+    from tirex import inference
 
-    monkeypatch.delenv("TIREX_SMALL_FORWARD_THREADS", raising=False)
-    monkeypatch.delenv("TIREX_KERNEL_THREADS", raising=False)
     model = _small_model()
     seen = []
     original = inference.kernel_threads
     monkeypatch.setattr(inference, "kernel_threads", lambda: seen.append(original()) or seen[-1])
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
+    ctx = torch.randn(1, 300).cumsum(-1)
     try:
-        ctx = torch.randn(1, 300).cumsum(-1)
+        torch.set_num_threads(2)
+        calls = []
+        monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
         q2, _ = model.forecast(ctx, prediction_length=20)
         assert seen and set(seen) == {2}
-        monkeypatch.setenv("TIREX_KERNEL_THREADS", "1")
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
         seen.clear()
         q1, _ = model.forecast(ctx, prediction_length=20)
         assert set(seen) == {1}
         assert torch.equal(q1, q2)
-        assert torch.get_num_threads() == 2
+        assert calls == []
     finally:
+        monkeypatch.undo()
         torch.set_num_threads(before)
 
 
-needs_gemm = pytest.mark.skipif(cpu_kernel.load() is None or not cpu_kernel.load().tirex_has_gemm(),
-                                reason="kernel built without the AVX2 weight matmuls")
+needs_gemm = pytest.mark.skipif(cpu_kernel.load() is None or cpu_kernel.active().matmuls != "compiled",
+                                reason="the weight matmuls are torch's here")
 
 
 @needs_gemm

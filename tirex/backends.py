@@ -50,10 +50,60 @@ def _warn_once(key: str, message: str) -> None:
 
 
 def _load_cpu_kernel():
-    from . import cpu_kernel
+    from . import inference
 
-    lib = cpu_kernel.load()
-    return lib, cpu_kernel.error()
+    dispatch = inference.dispatch()
+    return dispatch.library, None if dispatch.library is not None else "; ".join(dispatch.why)
+
+
+def backend_info(model=None) -> dict:
+    """What runs where, and why: the CPU kernel level chosen from the CPU's flags (``tirex.cpu_kernel``),
+    who does the weight matmuls and whether results are bitwise independent of the batch, the fast
+    mode, threads, and (given a model) its device and sLSTM backend setting.
+
+    Example:
+        >>> info = model.backend_info()
+        >>> info["cpu"]["level"], info["cpu"]["matmuls"], info["cpu"]["why"]
+    """
+    from . import cpu_kernel, inference
+
+    dispatch = cpu_kernel.active()
+    flags = cpu_kernel.cpu_flags()
+    fast = inference.cpu_has_fast_bf16()
+    info = {
+        "cpu": {
+            "model": cpu_kernel.cpu_model(),
+            "flags": sorted(flags & {"avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_bf16",
+                                      "amx_bf16", "amx_tile", "asimd", "sve", "bf16"}),
+            "levels_this_cpu_runs": cpu_kernel.runnable_levels(),
+            "level": dispatch.level,
+            "recurrence": f"compiled kernel ({dispatch.level})" if dispatch.level else "torch loop",
+            "matmuls": dispatch.matmuls,
+            "batch_independent_bitwise": dispatch.matmuls == "compiled",
+            "why": list(dispatch.why),
+        },
+        "fast_mode": {
+            "native_bfloat16": fast,
+            "amx": "amx_bf16" in flags,
+            "what": "bfloat16 weight matmuls in torch (oneDNN: AMX or AVX512-BF16)" if fast else
+                    "this CPU emulates bfloat16 matmuls: set_fast_mode(True) keeps the exact mode",
+        },
+        "threads": torch.get_num_threads(),
+        "default_backend": _default_backend,
+    }
+    if model is not None:
+        param = next(model.parameters(), None)
+        info["device"] = str(param.device) if param is not None else "cpu"
+        blocks = getattr(model, "blocks", [])
+        info["backend"] = sorted({block.slstm.backend for block in blocks}) if len(blocks) else []
+        info["fast_mode"]["enabled"] = any(block.slstm.matmul_dtype == torch.bfloat16 for block in blocks)
+        if info["fast_mode"]["enabled"]:  # its bfloat16 matmuls are torch's
+            info["cpu"]["batch_independent_bitwise"] = False
+            info["cpu"]["why"].append("fast mode: bfloat16 weight matmuls in torch, not bitwise batch-independent")
+        if info["device"].startswith("cuda"):
+            reason = cuda_unsupported_reason(param.device)
+            info["cuda"] = {"kernels": reason is None, "why": reason or "fused CUDA kernels"}
+    return info
 
 
 def cuda_unsupported_reason(device: torch.device) -> str | None:

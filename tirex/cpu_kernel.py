@@ -1,12 +1,32 @@
-"""The compiled CPU kernels (sLSTM recurrence, RMSNorm, SwiGLU activation, and on AVX2 CPUs without
-AVX-512 the weight matmuls), loaded with ctypes. They share one persistent thread pool.
+"""The compiled CPU kernels (sLSTM recurrence, norms, activations, weight matmuls), loaded with ctypes,
+and the choice of which build runs on this CPU.
 
-Built from ``_cpu_kernel/slstm_cpu.cpp`` on first use and cached.
+One source (``_cpu_kernel/slstm_cpu.cpp``, plain C ABI, no torch headers) is compiled per
+instruction-set level with explicit compiler flags. ``LEVELS`` is the table from what the CPU reports to
+what runs; the highest level the CPU supports is chosen once, at the first use:
 
-The kernel has a plain C ABI and includes no torch headers, so a build takes about a second with
-``g++ -O3 -march=native``. The shared library is cached under ``$TIREX_CACHE_DIR`` (default
-``~/.cache/tirex/kernels``), keyed by the source, the compiler flags and this CPU, so later processes
-only load it. Set ``TIREX_CPU_KERNEL=0`` to never build or use it.
+===========  =====================================  =====================================================
+level        needs (CPU flags)                      recurrence and weight matmuls
+===========  =====================================  =====================================================
+portable     nothing (any CPU, ARM included)        plain C++ (std::fma chains); the weight matmuls only
+                                                    where the compiler has an FMA instruction, else torch's
+avx2         avx2, fma                              256-bit kernels, recurrent product from bf16 pairs
+avx512       avx512f/bw/dq/vl (+ avx2, fma)         512-bit kernels, recurrent product from bf16 pairs
+===========  =====================================  =====================================================
+
+Every level computes each matmul output as the same FMA chain and every reduction in a fixed order, so
+forecasts do not depend on the batch and all levels give the same bits. Native bfloat16 (AVX512-BF16,
+AMX-BF16) is used by the opt-in fast mode only, whose bfloat16 weight matmuls run in torch (oneDNN:
+AMX tiles where present, else AVX512-BF16 dot products): the exact mode's float32 arithmetic has no AMX
+form, and the AVX512-BF16 recurrent product lost to the AVX-512 one (see the kernel source).
+
+Forcing a level (tests, benchmarks, a CPU that misreports): ``TIREX_CPU_ISA=portable|avx2|avx512``
+before the first use, or ``select("avx2")`` at run time (forecasts started afterwards use it).
+``TIREX_CPU_GEMM=0`` (or ``select(matmuls="torch")``) leaves the weight matmuls to torch.
+``TIREX_CPU_KERNEL=0`` disables the kernels (the torch loop runs the recurrence).
+
+Each build takes 1-4 s on first use and is cached under ``$TIREX_CACHE_DIR`` (default
+``~/.cache/tirex/kernels``), keyed by the source, the compiler and the flags.
 """
 
 from __future__ import annotations
@@ -19,17 +39,36 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("_cpu_kernel") / "slstm_cpu.cpp"  # package data of tirex
-FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd",
-         "-fPIC", "-shared", "-std=c++17", "-pthread"]
-if platform.machine().lower() in ("x86_64", "amd64"):
-    FLAGS.append("-mprefer-vector-width=512")  # full AVX-512 width where the CPU has it; ignored otherwise
+COMMON_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-fPIC",
+                "-shared", "-std=c++17", "-pthread"]
+_AVX2 = ["-mavx2", "-mfma"]
+_AVX512 = _AVX2 + ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mprefer-vector-width=512"]
 
-_lock = threading.Lock()
-_library: ctypes.CDLL | None = None
-_error: str | None = None
+
+@dataclass(frozen=True)
+class Level:
+    name: str
+    number: int  # TIREX_LEVEL in the source
+    needs: tuple[str, ...]  # /proc/cpuinfo flags
+    flags: tuple[str, ...]  # compiler flags besides COMMON_FLAGS
+    x86_only: bool = True
+
+
+LEVELS: dict[str, Level] = {level.name: level for level in (
+    Level("portable", 0, (), (), x86_only=False),
+    Level("avx2", 1, ("avx2", "fma"), tuple(_AVX2)),
+    Level("avx512", 2, ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl"), tuple(_AVX512)),
+)}
+OFF = ("0", "false", "no", "off")
+
+_lock = threading.Lock()  # building and loading libraries
+_select_lock = threading.Lock()  # deciding the dispatch
+_libraries: dict[str, ctypes.CDLL] = {}
+_errors: dict[str, str] = {}
 
 
 def cache_dir() -> Path:
@@ -37,88 +76,231 @@ def cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
-def _cpu_fingerprint() -> str:
-    # -march=native code must not be reused on a different CPU (a shared home folder on a cluster)
-    info = platform.machine()
+def is_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (/proc/cpuinfo; on macOS sysctl); empty if unknown."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags", "Features")):
-                info += line
-                if line.startswith(("flags", "Features")):
-                    break
+            if line.startswith(("flags", "Features")):
+                return set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return info
+    if platform.system() == "Darwin" and is_x86():
+        try:
+            out = subprocess.run(["sysctl", "-n", "machdep.cpu.features", "machdep.cpu.leaf7_features"],
+                                 capture_output=True, text=True, timeout=5).stdout
+            names = {word.lower().replace(".", "_") for word in out.split()}
+            renamed = {"avx2_0": "avx2", "avx512bf16": "avx512_bf16"}  # sysctl spells a few differently
+            return {renamed.get(n, n) for n in names}
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return set()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def runnable_levels(flags: set[str] | None = None) -> list[str]:
+    """The levels this CPU can run, lowest first (always at least "portable")."""
+    flags = cpu_flags() if flags is None else flags
+    return [name for name, level in LEVELS.items()
+            if (is_x86() or not level.x86_only) and all(f in flags for f in level.needs)]
+
+
+def best_level(flags: set[str] | None = None) -> str:
+    return runnable_levels(flags)[-1]
 
 
 def _compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
 
 
-def _build(cxx: str) -> Path:
+def compile_command(level: str, cxx: str, output: Path) -> list[str]:
+    spec = LEVELS[level]
+    return [cxx, *COMMON_FLAGS, *spec.flags, f"-DTIREX_LEVEL={spec.number}", str(SOURCE), "-o", str(output)]
+
+
+def build(level: str, cxx: str | None = None) -> Path:
+    """Compile ``level`` (whether or not this CPU can run it) into the cache; return the library's path."""
+    cxx = cxx or _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (install g++ or set CXX)")
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join([cxx, *FLAGS, _cpu_fingerprint()]).encode()).hexdigest()[:16]
-    target = cache_dir() / f"slstm_cpu_{key}.so"
+    key = hashlib.sha256(source + " ".join(compile_command(level, cxx, Path("x"))).encode()).hexdigest()[:16]
+    target = cache_dir() / f"slstm_cpu_{level}_{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         tmp_lib = Path(tmp) / target.name
-        proc = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", str(tmp_lib)], capture_output=True, text=True,
-                              timeout=120)
+        proc = subprocess.run(compile_command(level, cxx, tmp_lib), capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
-            raise RuntimeError(f"{cxx} failed: {proc.stderr.strip()[-2000:]}")
+            raise RuntimeError(f"{cxx} failed for level {level}: {proc.stderr.strip()[-2000:]}")
         os.replace(tmp_lib, target)  # atomic: concurrent builders never see a half-written library
     return target
 
 
-def load() -> ctypes.CDLL | None:
-    """The kernel library, building it on first use; None (and ``error()`` says why) if unavailable."""
-    global _library, _error
-    if _library is not None or _error is not None:
-        return _library
+def _declare(lib: ctypes.CDLL) -> None:
+    ptr, i32, i64, f32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_float
+    lib.tirex_slstm_forward.restype = i32
+    lib.tirex_slstm_forward.argtypes = [ptr, i32] + [ptr] * 7 + [f32] + [i32] * 7
+    for name in ("tirex_level", "tirex_native_fma", "tirex_has_bf16_dot", "tirex_uses_bf16_pairs",
+                 "tirex_bf16_pairs_block", "tirex_has_gemm"):
+        getattr(lib, name).restype = i32
+        getattr(lib, name).argtypes = []
+    lib.tirex_gemm.restype = i32
+    lib.tirex_gemm.argtypes = [ptr, i64, ptr, ptr, i64, ptr, ptr, i64] + [i32] * 5
+    lib.tirex_rms_norm.restype = None
+    lib.tirex_rms_norm.argtypes = [ptr] * 3 + [i32, i32, f32, i32, i32, i32]
+    lib.tirex_silu_mul.restype = None
+    lib.tirex_silu_mul.argtypes = [ptr] * 3 + [i32] * 3
+    lib.tirex_silu_mul_bf16.restype = None
+    lib.tirex_silu_mul_bf16.argtypes = [ptr] * 3 + [i64, i32]
+    lib.tirex_add_bf16.restype = None
+    lib.tirex_add_bf16.argtypes = [ptr] * 2 + [i64, i32]
+
+
+def _disabled() -> bool:
+    return os.environ.get("TIREX_CPU_KERNEL", "1").strip().lower() in OFF
+
+
+def load_level(level: str) -> ctypes.CDLL | None:
+    """The library of ``level``, building it on first use; None (``level_error(level)`` says why) if this
+    CPU cannot run it or it cannot be built."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown CPU kernel level {level!r}; choose one of {list(LEVELS)}")
+    if level in _libraries or level in _errors:
+        return _libraries.get(level)
     with _lock:
-        if _library is not None or _error is not None:
-            return _library
-        if os.environ.get("TIREX_CPU_KERNEL", "1").lower() in ("0", "false", "no", "off"):
-            _error = "disabled by TIREX_CPU_KERNEL=0"
-            return None
-        cxx = _compiler()
-        if not SOURCE.is_file():
-            _error = f"kernel source {SOURCE} is missing from this installation"
-            return None
-        if cxx is None:
-            _error = "no C++ compiler found (install g++ or set CXX)"
-            return None
-        try:
-            lib = ctypes.CDLL(str(_build(cxx)))
-            ptr, i32, i64, f32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_float
-            lib.tirex_slstm_forward.restype = i32
-            lib.tirex_slstm_forward.argtypes = [ptr, i32] + [ptr] * 7 + [f32] + [i32] * 7
-            lib.tirex_has_bf16_dot.restype = i32
-            lib.tirex_has_bf16_dot.argtypes = []
-            lib.tirex_uses_bf16_pairs.restype = i32
-            lib.tirex_uses_bf16_pairs.argtypes = []
-            lib.tirex_bf16_pairs_block.restype = i32
-            lib.tirex_bf16_pairs_block.argtypes = []
-            lib.tirex_has_gemm.restype = i32
-            lib.tirex_has_gemm.argtypes = []
-            lib.tirex_gemm.restype = i32
-            lib.tirex_gemm.argtypes = [ptr, i64, ptr, ptr, i64, ptr, ptr, i64] + [i32] * 5
-            lib.tirex_rms_norm.restype = None
-            lib.tirex_rms_norm.argtypes = [ptr] * 3 + [i32, i32, f32, i32, i32, i32]
-            lib.tirex_silu_mul.restype = None
-            lib.tirex_silu_mul.argtypes = [ptr] * 3 + [i32] * 3
-            lib.tirex_silu_mul_bf16.restype = None
-            lib.tirex_silu_mul_bf16.argtypes = [ptr] * 3 + [i64, i32]
-            lib.tirex_add_bf16.restype = None
-            lib.tirex_add_bf16.argtypes = [ptr] * 2 + [i64, i32]
-            _library = lib
-        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-            _error = str(exc)
-    return _library
+        if level in _libraries or level in _errors:
+            return _libraries.get(level)
+        if level not in runnable_levels():
+            _errors[level] = f"this CPU cannot run level {level!r} (it needs {', '.join(LEVELS[level].needs)})"
+        elif not SOURCE.is_file():
+            _errors[level] = f"kernel source {SOURCE} is missing from this installation"
+        elif _compiler() is None:
+            _errors[level] = "no C++ compiler found (install g++ or set CXX)"
+        else:
+            try:
+                lib = ctypes.CDLL(str(build(level)))
+                _declare(lib)
+                if lib.tirex_level() != LEVELS[level].number:
+                    raise RuntimeError(f"library of level {level} reports level {lib.tirex_level()}")
+                _libraries[level] = lib
+            except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as exc:
+                _errors[level] = str(exc)
+    return _libraries.get(level)
+
+
+def level_error(level: str) -> str | None:
+    return _errors.get(level)
+
+
+# -- the active dispatch ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Dispatch:
+    """What runs on this CPU: the kernel level (None: no kernel) and who does the weight matmuls."""
+
+    level: str | None
+    library: ctypes.CDLL | None = field(repr=False, compare=False)
+    matmuls: str  # "compiled" or "torch"
+    why: tuple[str, ...]  # one line per decision
+
+
+_active: Dispatch | None = None
+
+
+def _resolve(level: str | None, matmuls: str | None) -> Dispatch:
+    why = []
+    best = best_level()
+    if _disabled():
+        return Dispatch(None, None, "torch", ("TIREX_CPU_KERNEL=0: no compiled kernels (torch loop and torch matmuls)",))
+    forced = level or os.environ.get("TIREX_CPU_ISA", "").strip().lower() or None
+    if forced is not None and forced not in LEVELS:
+        raise ValueError(f"TIREX_CPU_ISA / level must be one of {list(LEVELS)}, got {forced!r}")
+    chosen = forced or best
+    flags = sorted(set(cpu_flags()) & {f for lv in LEVELS.values() for f in lv.needs} | (
+        set(cpu_flags()) & {"avx512_bf16", "amx_bf16", "amx_tile"}))
+    why.append(f"CPU {cpu_model()!r} reports {' '.join(flags) or 'no vector extensions we use'}: best level {best}")
+    if forced:
+        why.append(f"level {forced} forced ({'select()' if level else 'TIREX_CPU_ISA'})")
+    library = load_level(chosen)
+    if library is None:
+        why.append(f"level {chosen} unavailable: {level_error(chosen)}")
+        if chosen != "portable" and not forced:
+            chosen = "portable"
+            library = load_level(chosen)
+            if library is None:
+                why.append(f"level portable unavailable: {level_error(chosen)}")
+    if library is None:
+        return Dispatch(None, None, "torch", tuple(why))
+    wanted = matmuls or ("torch" if os.environ.get("TIREX_CPU_GEMM", "1").strip().lower() in OFF else "compiled")
+    if wanted not in ("compiled", "torch"):
+        raise ValueError(f"matmuls must be 'compiled' or 'torch', got {wanted!r}")
+    if wanted == "torch":
+        why.append("weight matmuls: torch (" + ("select(matmuls='torch')" if matmuls else "TIREX_CPU_GEMM=0") +
+                   "): not bitwise batch-independent")
+    elif not library.tirex_native_fma():
+        wanted = "torch"
+        why.append("weight matmuls: torch (no FMA instruction at this level: the compiled ones would emulate it)")
+    else:
+        why.append(f"weight matmuls: compiled ({chosen}): every output one FMA chain, independent of the batch")
+    return Dispatch(chosen, library, wanted, tuple(why))
+
+
+def active() -> Dispatch:
+    """The dispatch in use (decided at the first call, or by the last ``select``)."""
+    global _active
+    if _active is None:
+        with _select_lock:
+            if _active is None:
+                _active = _resolve(None, None)
+    return _active
+
+
+def select(level: str | None = None, matmuls: str | None = None) -> Dispatch:
+    """Switch the CPU kernel level ("portable", "avx2", "avx512"; None = ``TIREX_CPU_ISA``
+    or the best this CPU runs) and who does the weight matmuls ("compiled", "torch"; None =
+    ``TIREX_CPU_GEMM`` or compiled). Forecasts started afterwards use it; one already running keeps the
+    kernels it started with. Raises ``RuntimeError`` if the level cannot run here. Returns the new dispatch."""
+    global _active
+    if level is not None and level not in LEVELS:
+        raise ValueError(f"unknown CPU kernel level {level!r}; choose one of {list(LEVELS)}")
+    with _select_lock:
+        dispatch = _resolve(level, matmuls)
+        if level is not None and dispatch.level != level:
+            reason = level_error(level) or "; ".join(dispatch.why)
+            raise RuntimeError(f"CPU kernel level {level!r} unavailable: {reason}")
+        _active = dispatch
+    return dispatch
+
+
+def reset() -> None:
+    """Forget the decision and the loaded libraries: the next use decides (and builds or loads) again from
+    the environment. Forwards already running keep the library they hold."""
+    global _active
+    with _select_lock, _lock:
+        _active = None
+        _errors.clear()
+        _libraries.clear()
+
+
+def load() -> ctypes.CDLL | None:
+    """The active kernel library; None (``error()`` says why) if there is none."""
+    return active().library
 
 
 def error() -> str | None:
-    """Why the kernel is unavailable (None if it loaded or was never tried)."""
-    return _error
+    """Why there is no kernel library (None if there is one)."""
+    dispatch = active()
+    return None if dispatch.library is not None else "; ".join(dispatch.why)

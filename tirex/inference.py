@@ -4,9 +4,13 @@ Training runs the plain modules (autograd). At inference the same maths runs wit
 ops: RMSNorm and the SwiGLU activation are single passes of the compiled CPU helpers
 (``tirex.cpu_kernel``; torch ops elsewhere), the feed-forward adds into the residual stream in place
 (inside the down-projection matmul), and rows are processed in chunks so that temporaries stay
-bounded for large batches. On AVX2 CPUs without AVX-512 the weight matmuls themselves run in the
-compiled kernel (``tirex_gemm``, with the activation, residual add and biases fused in; see
-``gemm_enabled``). Results equal the plain modules' up to float32 rounding order.
+bounded for large batches. The weight matmuls themselves run in the compiled kernel (``tirex_gemm``,
+with the activation, residual add and biases fused in; see ``gemm_enabled``), whose outputs do not
+depend on the other rows of the batch. Results equal the plain modules' up to float32 rounding order.
+
+Nothing here changes process-wide state during a forward: thread counts are read, never set, and
+temporaries and the chosen kernels are per Python thread, so concurrent forecasts from several
+threads give the results of sequential ones.
 
 ``matmul_dtype=torch.bfloat16`` is the opt-in fast mode (``TiRexModel.set_fast_mode``): the weight
 matmuls outside the recurrence take bfloat16 operands (float32 accumulation); norms, residual sums
@@ -25,68 +29,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_kernel
+
 ROWS_PER_CHUNK = 2048  # few, large ops: smaller chunks lose more to thread synchronisation than they gain in cache
-SMALL_ROWS = 512  # token rows (batch x tokens) below which a forward is "small"
-
-
-def small_forward_threads(threads: int) -> int:
-    """Intra-op threads for a small forward, given the ``threads`` torch would use: 1 unless
-    ``TIREX_SMALL_FORWARD_THREADS`` (an integer) says otherwise.
-
-    A small forward's matmuls (64 rows for a batch-1 forecast at context 2048) barely scale: MKL takes
-    0.46 ms on one thread and 0.38 ms on two for 64 x 512 x 1408, and a batch-1 forecast at the
-    published size measured 36 ms on one thread against 36-39 ms on two on an idle 2-core machine. When
-    another process holds the second core, every parallel op waits for a descheduled worker instead
-    (0.25 s against 0.09 s per forecast on this project's shared machines). One thread is the better default.
-    """
-    return _thread_setting("TIREX_SMALL_FORWARD_THREADS", threads, 1)
-
-
-def _thread_setting(name: str, threads: int, default: int) -> int:
-    """The integer in environment variable ``name``, within [1, threads]; ``default`` if unset or unreadable."""
-    setting = os.environ.get(name, "").strip()
-    if setting:
-        try:
-            return max(1, min(threads, int(setting)))
-        except ValueError:
-            pass
-    return default
-
-
-@contextlib.contextmanager
-def single_thread_if_small(tokens: torch.Tensor, enabled: bool = True):
-    """Run a small CPU forward (fewer than SMALL_ROWS token rows) on ``small_forward_threads`` threads.
-
-    ``torch.set_num_threads`` is process-wide: a forecast running concurrently in another Python
-    thread sees the reduced count meanwhile.
-    """
-    rows = tokens.shape[0] * tokens.shape[1] if tokens.dim() >= 2 else 0
-    threads = torch.get_num_threads()
-    if not enabled or tokens.device.type != "cpu" or rows >= SMALL_ROWS or threads == 1:
-        yield
-        return
-    wanted = small_forward_threads(threads)
-    if wanted == threads:
-        yield
-        return
-    torch.set_num_threads(wanted)
-    _local.outer_threads = threads
-    try:
-        yield
-    finally:
-        _local.outer_threads = None
-        torch.set_num_threads(threads)
 
 
 def kernel_threads() -> int:
-    """Threads for the compiled kernels' big jobs (the recurrence, the weight matmuls): torch's count, and
-    in a small forward the count from before ``single_thread_if_small`` reduced it. The recurrence splits
-    heads (and blocks of series) across threads that run every time step without meeting again, the
-    matmuls split columns (each thread reads only its share of the weights), and their thread pool never
-    waits for a worker that has not started, so unlike torch's small ops they gain from a second core even
-    at batch 1. ``TIREX_KERNEL_THREADS`` (an integer) caps it."""
-    threads = getattr(_local, "outer_threads", None) or torch.get_num_threads()
-    return _thread_setting("TIREX_KERNEL_THREADS", threads, threads)
+    """Threads for the compiled kernels: torch's count (``torch.set_num_threads``), read, never changed.
+
+    The recurrence splits heads (and blocks of series) across threads that run every time step without
+    meeting again, the matmuls split columns (each thread reads only its share of the weights), and
+    their thread pool never waits for a worker that has not started (a worker the OS does not schedule
+    in time costs nothing), so they gain from every core even at batch 1. Small jobs run on one thread
+    inside the kernel. Results never depend on the count."""
+    return torch.get_num_threads()
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -117,10 +73,12 @@ def workspace():
         yield
         return
     _local.buffers = {}
+    _local.dispatch = cpu_kernel.active()  # one forward uses one set of kernels, whatever select() does meanwhile
     try:
         yield
     finally:
         _local.buffers = None
+        _local.dispatch = None
 
 
 def buffer(name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -173,15 +131,21 @@ def use_matmul_layout_(model: nn.Module) -> None:
     """Store every CPU ``nn.Linear`` weight column-major, in place (same shape and values, strides swapped).
 
     The inference matmuls read ``weight.t()``; as a contiguous (in, out) matrix that is the layout
-    oneDNN/MKL multiply fastest: 25-35% faster at 64 rows (a batch-1 forecast), 4% at 2048, measured on
-    torch 2.13. The parameters stay the same objects (optimizers, state dicts and autograd are
-    unaffected; saving writes contiguous copies). Cheap to call again: converted weights are skipped.
+    the compiled matmuls read and oneDNN/MKL multiply fastest: 25-35% faster at 64 rows (a batch-1
+    forecast), 4% at 2048, measured on torch 2.13. The parameters stay the same objects (optimizers,
+    state dicts and autograd are unaffected; saving writes contiguous copies). Cheap to call again:
+    converted weights are skipped. Serialised, so that a forecast in another thread never reads a
+    weight whose memory is being swapped.
     """
-    for module in model.modules():
-        if isinstance(module, nn.Linear) and module.weight.device.type == "cpu":
-            converted = column_major(module.weight.data)
-            if converted is not module.weight.data:
-                module.weight.data = converted
+    with _layout_lock:
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and module.weight.device.type == "cpu":
+                converted = column_major(module.weight.data)
+                if converted is not module.weight.data:
+                    module.weight.data = converted
+
+
+_layout_lock = threading.Lock()
 
 
 def column_major(weight: torch.Tensor) -> torch.Tensor:
@@ -216,14 +180,17 @@ def return_large_blocks_to_the_os() -> None:
         pass  # not glibc
 
 
+def dispatch():
+    """The CPU kernel dispatch of the running forward (``tirex.cpu_kernel.active()`` outside a forward)."""
+    return getattr(_local, "dispatch", None) or cpu_kernel.active()
+
+
 def compiled_kernels(x: torch.Tensor):
     """The compiled CPU helpers if they apply to ``x`` (float32 on CPU), else None."""
     if x.device.type != "cpu" or x.dtype != torch.float32:
         return None
-    from . import cpu_kernel
-
     return_large_blocks_to_the_os()
-    return cpu_kernel.load()
+    return dispatch().library
 
 
 def rms_norm(
@@ -306,15 +273,14 @@ def residual_block(u: torch.Tensor, block: nn.Module, dtype: torch.dtype) -> tor
 
 
 # -- the compiled weight matmuls (tirex_gemm in the CPU kernel) ------------------------------------------
-GEMM_STORE, GEMM_ACCUMULATE, GEMM_RELU, GEMM_SWIGLU = 0, 1, 2, 3  # the kernel's GemmMode
+GEMM_STORE, GEMM_ACCUMULATE, GEMM_RELU, GEMM_SWIGLU, GEMM_STORE_BF16 = 0, 1, 2, 3, 4  # the kernel's GemmMode
 
 
 def gemm_enabled(lib) -> bool:
-    """Whether the compiled weight matmuls are used: ``lib`` (from ``compiled_kernels``) has them (built
-    for an AVX2 + FMA CPU without AVX-512) and ``TIREX_CPU_GEMM`` is not 0."""
-    if lib is None or os.environ.get("TIREX_CPU_GEMM", "1").lower() in ("0", "false", "no", "off"):
-        return False
-    return bool(lib.tirex_has_gemm())
+    """Whether the compiled weight matmuls are used: there is a kernel ``lib`` (from ``compiled_kernels``)
+    and the dispatch gives it the matmuls (see ``tirex.cpu_kernel``: not with ``TIREX_CPU_GEMM=0``, not
+    on a level without an FMA instruction)."""
+    return lib is not None and dispatch().matmuls == "compiled"
 
 
 def _matmul_ready(weight: torch.Tensor) -> bool:
@@ -344,10 +310,12 @@ def gemm_(lib, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, mode: i
 
 
 def gemm_heads_(lib, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> None:
-    """out[h] = x[h] @ weight[h] for (heads, rows, in) x and contiguous (heads, in, out) weight."""
+    """out[h] = x[h] @ weight[h] for (heads, rows, in) x and contiguous (heads, in, out) weight; ``out``
+    float32, or bfloat16 (rounded to nearest even)."""
     heads, rows, k = x.shape
     n = weight.shape[2]
     threads = kernel_threads()
+    mode = GEMM_STORE_BF16 if out.dtype == torch.bfloat16 else GEMM_STORE
     for h in range(heads):
         lib.tirex_gemm(x[h].data_ptr(), x.stride(1), weight[h].data_ptr(), None, n, None, out[h].data_ptr(),
-                       out.stride(1), rows, n, k, GEMM_STORE, threads)
+                       out.stride(1), rows, n, k, mode, threads)

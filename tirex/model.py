@@ -63,8 +63,7 @@ class TiRexModel(nn.Module):
         if fast and tokens.device.type == "cpu":
             inference.use_matmul_layout_(self)
         dtype = self.blocks[0].slstm.matmul_dtype if len(self.blocks) else torch.float32
-        # a small no-grad forward on CPU runs on one thread (see tirex.inference.small_forward_threads)
-        with inference.single_thread_if_small(tokens, fast), inference.workspace() if fast else nullcontext():
+        with inference.workspace() if fast else nullcontext():
             h = inference.residual_block(tokens, self.patch_embedding, dtype) if fast else self.patch_embedding(tokens)
             new_states = []
             for i, block in enumerate(self.blocks):
@@ -259,6 +258,13 @@ class TiRexModel(nn.Module):
         for block in self.blocks:
             block.slstm.recurrence_dtype = recurrence_dtype
         self.prepare_inference()
+
+    def backend_info(self) -> dict:
+        """Which implementations this model's forecasts use here and why (CPU kernel level from the CPU's
+        flags, who does the weight matmuls, fast mode, threads); see ``tirex.backends.backend_info``."""
+        from .backends import backend_info
+
+        return backend_info(self)
 
     def set_backend(self, backend: str) -> None:
         """Choose the sLSTM recurrence implementation: "auto" (default), "torch", "cpu" or "cuda".

@@ -157,22 +157,25 @@ def _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate_bf16, norm_weight
     """The compiled CPU kernel. With ``norm_weight`` it also applies the per-head group norm and adds
     ``residual`` (batch, steps, embed), returning the block's residual stream. (None, None) if the
     kernel does not handle these sizes."""
-    from . import cpu_kernel
-
     heads, batch, steps, four_dh = wx.shape
     dh = four_dh // 4
     wx = wx.detach()
-    wx = (wx if wx.dtype == torch.bfloat16 else wx.float()).contiguous()  # bfloat16: the fast mode's projection
+    # bfloat16: the fast mode's projection, or the exact mode's rounded pre-activations (the same values)
+    wx = (wx if wx.dtype == torch.bfloat16 else wx.float()).contiguous()
     r = recurrent.detach().float()
-    if emulate_bf16 and not getattr(recurrent, "_tirex_bf16_rounded", False):
-        r = _round_bf16(r)
-    r = r.contiguous()
-    lib = cpu_kernel.load()
+    lib = inference.dispatch().library
     pairs = None
     block = pairs_block(lib) if emulate_bf16 and dh % 32 == 0 else None
     if block is not None:
-        cached = getattr(recurrent, "_tirex_bf16_pairs", None)  # (block, pairs) from _inference_weights
-        pairs = cached[1] if cached is not None and cached[0] == block else bf16_pairs(r, block)
+        cached = getattr(recurrent, "_tirex_bf16_pairs", None)  # {block: pairs} from _inference_weights
+        pairs = cached.get(block) if cached is not None else None
+        if pairs is None:
+            pairs = bf16_pairs(r, block)  # rounds to nearest even, as _round_bf16
+            if cached is not None:  # another kernel level was selected since: keep its layout too
+                cached[block] = pairs
+    if emulate_bf16 and pairs is None and not getattr(recurrent, "_tirex_bf16_rounded", False):
+        r = _round_bf16(r)  # the kernel reads R itself only without pairs
+    r = r.contiguous()
     bias = bias.detach().float().contiguous()
     states = torch.empty(4, heads, batch, dh) if state is None else torch.stack([s.detach().float() for s in state])
     # the fused block output alternates between two reused residual-stream buffers within a forward
@@ -242,8 +245,10 @@ class SLSTMLayer(nn.Module):
             if self.recurrence_dtype == "bfloat16":
                 recurrent._tirex_bf16_rounded = True
                 block = pairs_block(inference.compiled_kernels(recurrent)) if self.head_dim % 32 == 0 else None
-                if block is not None:
-                    recurrent._tirex_bf16_pairs = (block, bf16_pairs(recurrent, block))
+                if block is not None:  # the kernel reads only the pairs: no rounded float32 copy kept
+                    pairs = bf16_pairs(recurrent, block)
+                    recurrent = self.recurrent.detach()
+                    recurrent._tirex_bf16_pairs = {block: pairs}
             cached = (key, (projection.to(self.matmul_dtype), recurrent))
             self._inference_cache = cached
         return cached[1]
@@ -276,6 +281,8 @@ class SLSTMLayer(nn.Module):
         out = inference.buffer("scratch", (heads, batch * steps, 4 * dh), weight.dtype) if reuse else None
         lib = inference.compiled_kernels(xh) if reuse and weight.dtype == torch.float32 else None
         if weight.is_contiguous() and xh.is_contiguous() and inference.gemm_enabled(lib):
+            if self.recurrence_dtype == "bfloat16":  # rounded to bfloat16 by the recurrence anyway: half the memory
+                out = inference.buffer("scratch", (heads, batch * steps, 2 * dh)).view(torch.bfloat16)
             inference.gemm_heads_(lib, xh, weight, out)
             wx = out.view(heads, batch, steps, 4 * dh)
         else:

@@ -1,8 +1,18 @@
 // The sLSTM recurrence on CPU: every time step of one layer in a single call; the fused norms and
-// activations around it; on AVX2 CPUs without AVX-512 the weight matmuls (tirex_gemm); one thread pool.
+// activations around it; the weight matmuls (tirex_gemm); one thread pool.
 //
 // Plain C ABI (no torch headers) so that it compiles in about a second on first use; the Python side
-// (tirex/backends.py) passes raw float32 pointers of contiguous tensors.
+// (tirex/cpu_kernel.py, tirex/backends.py) passes raw float32 pointers of contiguous tensors.
+//
+// One source, compiled once per instruction-set level (tirex/cpu_kernel.py picks the level from what the
+// CPU reports and passes -DTIREX_LEVEL with the matching compiler flags):
+//   0 portable  plain C++, no intrinsics: builds with any C++17 compiler on any CPU (ARM included)
+//   1 avx2      AVX2 + FMA: hand-written weight matmuls, recurrent product from bfloat16 pairs
+//   2 avx512    AVX-512 F/BW/DQ/VL: the same with 512-bit vectors
+// Every level computes each matmul output (weights and recurrent product) as the same chain of fused
+// multiply-adds over k in ascending order (std::fma on the portable level), whatever the number of rows
+// and the thread count, and every reduction in a fixed order: a row's result never depends on the other
+// rows (batch independence), and all levels give the same bits.
 //
 // Work is split into independent items (head, block of batch rows): the recurrence never mixes
 // heads or batch rows, so each item runs all T steps without synchronising with the others.
@@ -27,31 +37,22 @@
 
 #include <unistd.h>
 
-#if defined(__AVX512BF16__) && defined(__AVX512F__)
-#include <immintrin.h>
-#define TIREX_BF16_DOT 1
-#else
-#define TIREX_BF16_DOT 0
+#ifndef TIREX_LEVEL
+#define TIREX_LEVEL 0
 #endif
 
-// Without AVX512-BF16, AVX2 + FMA CPUs still read R as bfloat16 pairs (half the bytes: at batch 1 the
-// recurrence is bound by reading R every step) and widen them with two integer ops.
-#if !TIREX_BF16_DOT && defined(__AVX2__) && defined(__FMA__)
+#if TIREX_LEVEL >= 1
+#if !defined(__AVX2__) || !defined(__FMA__)
+#error "TIREX_LEVEL >= 1 needs -mavx2 -mfma"
+#endif
 #include <immintrin.h>
-#define TIREX_BF16_PAIRS_AVX2 1
-#else
-#define TIREX_BF16_PAIRS_AVX2 0
+#endif
+#if TIREX_LEVEL >= 2 && !(defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__))
+#error "TIREX_LEVEL >= 2 needs -mavx512f -mavx512bw -mavx512dq -mavx512vl"
 #endif
 
-// The weight matmuls (tirex_gemm) are compiled for AVX2 + FMA CPUs without AVX-512; there MKL's small-M
-// path splits rows across threads (both threads then pack every weight) while this one splits columns.
-// On AVX-512 CPUs MKL is far ahead and the Python side keeps it.
-#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
-#include <immintrin.h>
-#define TIREX_GEMM 1
-#else
-#define TIREX_GEMM 0
-#endif
+#define TIREX_AVX2 (TIREX_LEVEL == 1)     // the 256-bit kernels
+#define TIREX_AVX512 (TIREX_LEVEL >= 2)   // the 512-bit kernels
 
 namespace {
 
@@ -68,7 +69,9 @@ inline float round_bf16(float x) {
 template <bool BF16> inline float rnd(float x) { return BF16 ? round_bf16(x) : x; }
 
 inline float bf16_to_float(uint16_t b) { return from_bits(static_cast<uint32_t>(b) << 16); }
-inline uint16_t float_to_bf16(float x) { return static_cast<uint16_t>(to_bits(round_bf16(x)) >> 16); }
+inline uint16_t float_to_bf16(float x) {  // NaN stays NaN (a quiet one), whatever its payload
+  return x != x ? static_cast<uint16_t>((to_bits(x) >> 16) | 0x0040u) : static_cast<uint16_t>(to_bits(round_bf16(x)) >> 16);
+}
 
 // exp(x): Cody-Waite reduction, degree-6 polynomial, 2^n applied in two halves so that results
 // down to the subnormal range stay exact-ish. NaN propagates.
@@ -132,80 +135,86 @@ inline void matmul_rows(const float* y, const float* R, float* acc, int D, int G
   }
 }
 
-#if TIREX_BF16_DOT
-// The same product for bfloat16-exact operands (the reference's emulation rounds y and R to bfloat16):
-// acc[RB][G] = y[RB][D] @ R[D][G] with AVX512-BF16 dot products. Products of two bfloat16 values are
-// exact in float32, so only the summation order differs from the float32 loop (pairs of k at a time).
-// yp: per row, D / 2 pairs (y[2i] low, y[2i+1] high) of bfloat16 bits; Rp: (D / 2, G, 2) bfloat16 bits.
-template <int RB, int NV>
-inline void matmul_rows_bf16(const uint32_t* yp, const uint16_t* Rp, float* acc, int D, int G) {
-  const int half = D / 2;
-  for (int j0 = 0; j0 < G; j0 += 16 * NV) {
-    __m512 a[RB][NV];
-    for (int bi = 0; bi < RB; ++bi)
-      for (int v = 0; v < NV; ++v) a[bi][v] = _mm512_setzero_ps();
-    for (int i = 0; i < half; ++i) {
-      const uint16_t* r = Rp + (static_cast<size_t>(i) * G + j0) * 2;
-      __m512bh rv[NV];
-      for (int v = 0; v < NV; ++v) rv[v] = (__m512bh)_mm512_loadu_si512(r + 32 * v);
-      for (int bi = 0; bi < RB; ++bi) {
-        const __m512bh yv = (__m512bh)_mm512_set1_epi32(static_cast<int>(yp[bi * half + i]));
-        for (int v = 0; v < NV; ++v) a[bi][v] = _mm512_dpbf16_ps(a[bi][v], rv[v], yv);
-      }
-    }
-    for (int bi = 0; bi < RB; ++bi)
-      for (int v = 0; v < NV; ++v) _mm512_storeu_ps(acc + bi * G + j0 + 16 * v, a[bi][v]);
-  }
-}
+
+
+#if TIREX_AVX2 || TIREX_AVX512
+// 8 (AVX2) or 16 (AVX-512) float lanes: the few operations the hand-written products need.
+#if TIREX_AVX512
+struct Lanes {
+  using F = __m512;
+  using I = __m512i;
+  static constexpr int W = 16;
+  static F zero() { return _mm512_setzero_ps(); }
+  static F load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
+  static F set1(const float* p) { return _mm512_set1_ps(*p); }
+  static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static I load_words(const uint32_t* p) { return _mm512_loadu_si512(p); }
+  static F low_half(I w) { return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)); }
+  static F high_half(I w) { return _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u)))); }
+};
+#else
+struct Lanes {
+  using F = __m256;
+  using I = __m256i;
+  static constexpr int W = 8;
+  static F zero() { return _mm256_setzero_ps(); }
+  static F load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+  static F set1(const float* p) { return _mm256_broadcast_ss(p); }
+  static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static I load_words(const uint32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static F low_half(I w) { return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)); }
+  static F high_half(I w) { return _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u)))); }
+};
 #endif
 
-
-#if TIREX_BF16_PAIRS_AVX2
 // acc[RB][G] = y[RB][D] @ R[D][G] with R as bfloat16 pairs: 32-bit words holding R[2i][c] in the low and
 // R[2i + 1][c] in the high half, in blocks of kPairBlock columns: Rp (G / kPairBlock, D / 2, kPairBlock),
 // so that each column block is one contiguous stretch the hardware prefetchers stream in. Shifting the
 // low half up gives R[2i][c] as a float32, masking off the low half gives R[2i + 1][c]. The products
 // and their order (k ascending, one FMA chain per column) are those of the float32 loop matmul_rows,
-// so the results are bitwise the same.
-constexpr int kPairBlock = 64;
+// so the results are bitwise the same. Half the bytes of the float32 matrix: at batch 1 the
+// recurrence is bound by reading R every step.
+constexpr int kPairBlock = 8 * Lanes::W;
 template <int RB, int NV>
 inline void matmul_rows_pairs(const float* y, const uint32_t* Rp, float* acc, int D, int G) {
-  static_assert(kPairBlock % (8 * NV) == 0, "column blocks of the product must not straddle pair blocks");
+  using L = Lanes;
+  static_assert(kPairBlock % (L::W * NV) == 0, "column blocks of the product must not straddle pair blocks");
   const int half = D / 2;
-  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
-  for (int j0 = 0; j0 < G; j0 += 8 * NV) {
-    __m256 a[RB][NV];
+  for (int j0 = 0; j0 < G; j0 += L::W * NV) {
+    typename L::F a[RB][NV];
     for (int bi = 0; bi < RB; ++bi)
-      for (int v = 0; v < NV; ++v) a[bi][v] = _mm256_setzero_ps();
+      for (int v = 0; v < NV; ++v) a[bi][v] = L::zero();
     const uint32_t* block = Rp + static_cast<size_t>(j0 / kPairBlock) * half * kPairBlock + j0 % kPairBlock;
     for (int i = 0; i < half; ++i) {
       const uint32_t* r = block + static_cast<size_t>(i) * kPairBlock;
       if constexpr (RB == 1) {  // widen one vector at a time: 8 accumulators + 8 x 2 widened ones would spill
-        const __m256 y0 = _mm256_broadcast_ss(y + 2 * i), y1 = _mm256_broadcast_ss(y + 2 * i + 1);
+        const typename L::F y0 = L::set1(y + 2 * i), y1 = L::set1(y + 2 * i + 1);
         for (int v = 0; v < NV; ++v) {
-          const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + 8 * v));
-          a[0][v] = _mm256_fmadd_ps(y0, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)), a[0][v]);
-          a[0][v] = _mm256_fmadd_ps(y1, _mm256_castsi256_ps(_mm256_and_si256(w, high)), a[0][v]);
+          const typename L::I w = L::load_words(r + L::W * v);
+          a[0][v] = L::fma(y0, L::low_half(w), a[0][v]);
+          a[0][v] = L::fma(y1, L::high_half(w), a[0][v]);
         }
         continue;
       }
-      __m256 even[NV], odd[NV];
+      typename L::F even[NV], odd[NV];
       for (int v = 0; v < NV; ++v) {
-        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + 8 * v));
-        even[v] = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-        odd[v] = _mm256_castsi256_ps(_mm256_and_si256(w, high));
+        const typename L::I w = L::load_words(r + L::W * v);
+        even[v] = L::low_half(w);
+        odd[v] = L::high_half(w);
       }
       for (int bi = 0; bi < RB; ++bi) {
-        const __m256 y0 = _mm256_broadcast_ss(y + bi * D + 2 * i);
-        const __m256 y1 = _mm256_broadcast_ss(y + bi * D + 2 * i + 1);
+        const typename L::F y0 = L::set1(y + bi * D + 2 * i);
+        const typename L::F y1 = L::set1(y + bi * D + 2 * i + 1);
         for (int v = 0; v < NV; ++v) {
-          a[bi][v] = _mm256_fmadd_ps(y0, even[v], a[bi][v]);
-          a[bi][v] = _mm256_fmadd_ps(y1, odd[v], a[bi][v]);
+          a[bi][v] = L::fma(y0, even[v], a[bi][v]);
+          a[bi][v] = L::fma(y1, odd[v], a[bi][v]);
         }
       }
     }
     for (int bi = 0; bi < RB; ++bi)
-      for (int v = 0; v < NV; ++v) _mm256_storeu_ps(acc + bi * G + j0 + 8 * v, a[bi][v]);
+      for (int v = 0; v < NV; ++v) L::store(acc + bi * G + j0 + L::W * v, a[bi][v]);
   }
 }
 #endif
@@ -254,32 +263,16 @@ void run_item(const Problem& p, int h, int b0, int b1) {
   }
   const float* R = p.R + static_cast<size_t>(h) * D * G;
   const float* bias = p.bias + static_cast<size_t>(h) * G;
-#if TIREX_BF16_DOT
-  const bool dot = BF16 && p.R_pairs != nullptr && G % 128 == 0;
-  const uint16_t* Rp = dot ? p.R_pairs + static_cast<size_t>(h) * D * G : nullptr;
-  std::vector<uint32_t> yp(dot ? D / 2 : 0);
-#endif
-#if TIREX_BF16_PAIRS_AVX2
+  // The product is chosen per call, never per row (a row's result must not depend on its neighbours).
+#if TIREX_AVX2 || TIREX_AVX512
   const bool pairs = BF16 && p.R_pairs != nullptr && G % kPairBlock == 0 && D % 2 == 0;
 #endif
   for (int t = 0; t < p.T; ++t) {
     int bi = 0;
-#if TIREX_BF16_DOT
-    // Single rows are bound by reading R (half the bytes in bfloat16); blocks of 4 rows are bound by
-    // arithmetic, where float32 FMAs on two ports beat the one-port bfloat16 dot product.
-    if (dot) {
-      for (; bi + 4 <= nb; bi += 4) matmul_rows<4, 64>(y.data() + bi * D, R, acc.data() + bi * G, D, G);
-      for (; bi < nb; ++bi) {
-        for (int r = 0; r < D / 2; ++r)  // y is bfloat16-exact: its high halves are its bfloat16 bits
-          yp[r] = (to_bits(y[bi * D + 2 * r]) >> 16) | (to_bits(y[bi * D + 2 * r + 1]) & 0xFFFF0000u);
-        matmul_rows_bf16<1, 8>(yp.data(), Rp, acc.data() + bi * G, D, G);
-      }
-    } else
-#endif
-#if TIREX_BF16_PAIRS_AVX2
+#if TIREX_AVX2 || TIREX_AVX512
     if (pairs) {
       const uint32_t* Rp = reinterpret_cast<const uint32_t*>(p.R_pairs + static_cast<size_t>(h) * D * G);
-      for (; bi + 4 <= nb; bi += 4) matmul_rows_pairs<4, 2>(y.data() + bi * D, Rp, acc.data() + bi * G, D, G);
+      for (; bi + 4 <= nb; bi += 4) matmul_rows_pairs<4, (TIREX_AVX512 ? 4 : 2)>(y.data() + bi * D, Rp, acc.data() + bi * G, D, G);
       for (; bi < nb; ++bi) matmul_rows_pairs<1, 8>(y.data() + bi * D, Rp, acc.data() + bi * G, D, G);
     } else
 #endif
@@ -340,20 +333,80 @@ void run_item(const Problem& p, int h, int b0, int b1) {
   }
 }
 
-#if TIREX_GEMM
 // ---- weight matmuls: C (M x N) = A (M x K) @ B (K x N), B row-major with row stride ldb ------------------
 // B is an nn.Linear weight as tirex.inference.use_matmul_layout_ stores it (column-major, so W^T is
-// row-major): no second copy of the weights. Work items are groups of 16-column panels (split across
-// threads by columns: each thread reads only its share of the weights). Per panel and block of
-// kKBlock rows of B, the 16 columns are copied into a contiguous L1 buffer and a 6 x 16 register block
-// (12 accumulators, two loads of B and six broadcasts of A per k) runs over every 6 rows of the row
-// chunk. Meanwhile the same rows of the panel kPrefetch panels further right are prefetched (rows of B
-// are a page or more apart, which the hardware prefetchers do not follow), a share per 6-row block and
-// one row per k step: issued in one burst they fill the miss queues and stall (4-6% slower per FFN).
+// row-major): no second copy of the weights. Work items are groups of column panels (split across
+// threads by columns: each thread reads only its share of the weights) and chunks of kRowChunk rows.
+// Per panel and block of rows of B, the panel's columns are copied into a contiguous L1 buffer and a
+// register block of rows x panel columns runs over the rows of the chunk. Every output is one chain of
+// fused multiply-adds over k = 0, 1, ..., K - 1 starting from zero, on every level, for any number of
+// rows, any row block and any thread count: a row's result never depends on the other rows.
 // Epilogues fuse what follows the matmul in the model:
-enum GemmMode { kStore = 0, kAccumulate = 1, kRelu = 2, kSwiGlu = 3 };
+enum GemmMode { kStore = 0, kAccumulate = 1, kRelu = 2, kSwiGlu = 3, kStoreBf16 = 4 };
 //   kStore:      C = A B (+ bias)        kAccumulate: C += A B (+ bias)        kRelu: C = max(A B + bias, 0)
-//   kSwiGlu:     C = silu(A G) * (A U): B0 = G and B1 = U (both K x N), 8 output columns per panel.
+//   kSwiGlu:     C = silu(A G) * (A U): B0 = G and B1 = U (both K x N); a panel holds gate and up columns.
+//   kStoreBf16:  C = bfloat16(A B (+ bias)), C holding bfloat16 bits (ldc in elements): the input
+//                pre-activations of the bfloat16-emulating recurrence, which rounds them so anyway.
+
+struct Gemm {
+  const float* A; long lda;
+  const float* B0; const float* B1; long ldb;
+  const float* bias;
+  void* C; long ldc;
+  int M, N, K, mode;
+};
+
+// The finished sums of `width` outputs of one row (columns j0 ...) into c, per g.mode; for kSwiGlu the
+// up projection's sums follow `up` floats after the gate's.
+inline void epilogue(const Gemm& g, const float* acc, int up, int row, int j0, int width) {
+  const float* bias = g.bias ? g.bias + j0 : nullptr;
+  if (g.mode == kStoreBf16) {
+    uint16_t* c = static_cast<uint16_t*>(g.C) + row * g.ldc + j0;
+#pragma omp simd
+    for (int j = 0; j < width; ++j) c[j] = float_to_bf16(bias ? acc[j] + bias[j] : acc[j]);
+    return;
+  }
+  float* c = static_cast<float*>(g.C) + row * g.ldc + j0;
+  switch (g.mode) {
+    case kSwiGlu:
+#pragma omp simd
+      for (int j = 0; j < width; ++j) c[j] = (acc[j] / (1.0f + exp_f(-acc[j]))) * acc[up + j];
+      break;
+    case kStore:
+      if (bias) {
+#pragma omp simd
+        for (int j = 0; j < width; ++j) c[j] = acc[j] + bias[j];
+      } else {
+        std::memcpy(c, acc, sizeof(float) * width);
+      }
+      break;
+    case kAccumulate:
+      if (bias) {
+#pragma omp simd
+        for (int j = 0; j < width; ++j) c[j] += acc[j] + bias[j];
+      } else {
+#pragma omp simd
+        for (int j = 0; j < width; ++j) c[j] += acc[j];
+      }
+      break;
+    default:  // kRelu
+      if (bias) {
+#pragma omp simd
+        for (int j = 0; j < width; ++j) c[j] = std::max(acc[j] + bias[j], 0.0f);
+      } else {
+#pragma omp simd
+        for (int j = 0; j < width; ++j) c[j] = std::max(acc[j], 0.0f);
+      }
+  }
+}
+
+#if TIREX_AVX2
+// AVX2 + FMA (tuned on AMD Zen 3): 16-column panels, a 6 x 16 register block (12 accumulators, two
+// loads of B and six broadcasts of A per k; 8 + 8 gate and up columns for kSwiGlu). Meanwhile the same
+// rows of the panel kPrefetch panels further right are prefetched (rows of B are a page or more apart,
+// which the hardware prefetchers do not follow), a share per 6-row block and one row per k step: issued
+// in one burst they fill the miss queues and stall (4-6% slower per FFN).
+constexpr int kPanel = 16;      // output columns per panel
 constexpr int kKBlock = 256;    // 256 x 16 floats of B: 16 KB of L1
 constexpr int kRowChunk = 96;   // rows of A per pass over the panels: 96 x 512 floats stay in L2
 constexpr int kPrefetch = 2;
@@ -401,34 +454,6 @@ inline void micro_any(int mr, const float* A, long lda, const float* Bp, int kc,
     case 3: micro_kernel<3>(A, lda, Bp, kc, acc, first, ahead); break;
     case 2: micro_kernel<2>(A, lda, Bp, kc, acc, first, ahead); break;
     default: micro_kernel<1>(A, lda, Bp, kc, acc, first, ahead); break;
-  }
-}
-
-struct Gemm {
-  const float* A; long lda;
-  const float* B0; const float* B1; long ldb;
-  const float* bias;
-  float* C; long ldc;
-  int M, N, K, mode;
-};
-
-// The finished sums of `width` outputs of one row (columns j0 ...) into c, per g.mode; for kSwiGlu the
-// up projection's sums follow `up` floats after the gate's.
-inline void epilogue(const Gemm& g, const float* acc, int up, float* c, int j0, int width) {
-  const float* bias = g.bias ? g.bias + j0 : nullptr;
-  switch (g.mode) {
-    case kSwiGlu:
-#pragma omp simd
-      for (int j = 0; j < width; ++j) c[j] = (acc[j] / (1.0f + exp_f(-acc[j]))) * acc[up + j];
-      break;
-    case kStore:
-      for (int j = 0; j < width; ++j) c[j] = bias ? acc[j] + bias[j] : acc[j];
-      break;
-    case kAccumulate:
-      for (int j = 0; j < width; ++j) c[j] += bias ? acc[j] + bias[j] : acc[j];
-      break;
-    default:  // kRelu
-      for (int j = 0; j < width; ++j) c[j] = std::max(bias ? acc[j] + bias[j] : acc[j], 0.0f);
   }
 }
 
@@ -480,7 +505,7 @@ void gemm_panel(const Gemm& g, int r0, int r1, int j0) {
   for (int b = 0; b < blocks; ++b) {
     const int first = block_row(b), from = b == 0 ? first : std::max(first, block_row(b - 1) + 6);
     for (int i = from; i < std::min(r1, first + 6); ++i)
-      epilogue(g, acc + (b * 6 + i - first) * 16, 8, g.C + static_cast<long>(i) * g.ldc + j0, j0, width);
+      epilogue(g, acc + (b * 6 + i - first) * 16, 8, i, j0, width);
   }
 }
 
@@ -524,10 +549,201 @@ void gemm_columns(const Gemm& g, int r0, int r1, int j0) {
         if (swiglu) acc[half + j] = s1;
       }
     }
-    epilogue(g, acc, 32, g.C + static_cast<long>(i) * g.ldc + j0, j0, width);
+    epilogue(g, acc, 32, i, j0, width);
   }
 }
+#else
+// AVX-512 (512-bit lanes) and portable (plain C++) matmuls: panels of kPanel columns (gate and up halves
+// for kSwiGlu), packed per block of kKBlock rows of B with software prefetches of the rows ahead (rows of
+// B are a page or more apart, which the hardware prefetchers do not follow), and an MR x kPanel register
+// block.
+#if TIREX_AVX512
+constexpr int kNV = 4;          // vectors of 16 floats per panel row: 64 columns
+constexpr int kMR = 6;          // rows per register block: 24 accumulators of 32 registers
+constexpr int kKBlock = 128;    // 128 x 64 floats of B: 32 KB of the 48 KB L1 (64-192 measured the same)
+struct Vec {
+  __m512 v;
+  static constexpr int W = 16;
+  static Vec zero() { return {_mm512_setzero_ps()}; }
+  static Vec load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  static Vec set1(float x) { return {_mm512_set1_ps(x)}; }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
+  static Vec fma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+};
+inline void prefetch(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0); }
+inline void prefetch_l2(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1); }
+#else
+constexpr int kNV = 2;          // 2 x 8 floats per panel row: 16 columns (NEON: 4 registers each)
+constexpr int kMR = 4;
+constexpr int kKBlock = 256;
+struct Vec {  // std::fma per lane: the compiler maps it to the CPU's vector FMA where there is one
+  float v[8];
+  static constexpr int W = 8;
+  static Vec zero() { Vec r; for (int l = 0; l < 8; ++l) r.v[l] = 0.0f; return r; }
+  static Vec load(const float* p) { Vec r; for (int l = 0; l < 8; ++l) r.v[l] = p[l]; return r; }
+  static Vec set1(float x) { Vec r; for (int l = 0; l < 8; ++l) r.v[l] = x; return r; }
+  void store(float* p) const { for (int l = 0; l < 8; ++l) p[l] = v[l]; }
+  static Vec fma(Vec a, Vec b, Vec c) { Vec r; for (int l = 0; l < 8; ++l) r.v[l] = std::fma(a.v[l], b.v[l], c.v[l]); return r; }
+};
+inline void prefetch(const float* p) { __builtin_prefetch(p); }
+inline void prefetch_l2(const float* p) { __builtin_prefetch(p, 0, 2); }
 #endif
+constexpr int kPanel = kNV * Vec::W;
+constexpr int kRowChunk = 96;   // rows of A per pass over the panels
+
+// Where a register block reads its panel: the packed copy, or (the first block of a k-block) the rows of B
+// themselves, columns [0, kPanel / 2) from `low` and [kPanel / 2, kPanel) from `high` (row stride ldb),
+// which it copies into the packed panel on the way: packing costs no pass of its own.
+struct Source {
+  const float* low; const float* high; long ldb;
+};
+
+// acc (MR x kPanel) [+]= A (MR rows, stride lda) x panel (kc x kPanel, contiguous)
+template <int MR, bool PACK>
+inline void micro_kernel(const float* A, long lda, float* Bp, int kc, float* acc, bool first, const Source& src) {
+  constexpr int H = kNV / 2;
+  Vec c[MR][kNV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < kNV; ++v) c[i][v] = first ? Vec::zero() : Vec::load(acc + i * kPanel + v * Vec::W);
+  for (int k = 0; k < kc; ++k) {
+    Vec b[kNV];
+    if constexpr (PACK) {
+      const float* low = src.low + k * src.ldb;
+      const float* high = src.high + k * src.ldb;
+      if (k + 8 < kc) {  // rows of B are far apart: fetch 8 rows ahead, one line per 16 floats
+        for (int l = 0; l < kPanel / 2; l += 16) {
+          prefetch(low + 8 * src.ldb + l);
+          prefetch(high + 8 * src.ldb + l);
+        }
+      }
+      for (int v = 0; v < H; ++v) b[v] = Vec::load(low + v * Vec::W);
+      for (int v = 0; v < H; ++v) b[H + v] = Vec::load(high + v * Vec::W);
+      for (int v = 0; v < kNV; ++v) b[v].store(Bp + k * kPanel + v * Vec::W);
+    } else {
+      for (int v = 0; v < kNV; ++v) b[v] = Vec::load(Bp + k * kPanel + v * Vec::W);
+    }
+    for (int i = 0; i < MR; ++i) {
+      const Vec a = Vec::set1(A[i * lda + k]);
+      for (int v = 0; v < kNV; ++v) c[i][v] = Vec::fma(a, b[v], c[i][v]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < kNV; ++v) c[i][v].store(acc + i * kPanel + v * Vec::W);
+}
+
+template <bool PACK, int MR = kMR>
+inline void micro_any(int mr, const float* A, long lda, float* Bp, int kc, float* acc, bool first, const Source& src) {
+  if constexpr (MR > 1) {
+    if (mr < MR) return micro_any<PACK, MR - 1>(mr, A, lda, Bp, kc, acc, first, src);
+  }
+  micro_kernel<MR, PACK>(A, lda, Bp, kc, acc, first, src);
+}
+
+// Output columns [j0, j0 + step) of rows [r0, r1) (at most kRowChunk rows), step = kPanel (kPanel / 2 for
+// kSwiGlu); at the right edge the panel is zero-padded. Blocks of kMR rows; when kMR does not divide the
+// row count the last block overlaps the one before it (the same FMA chains, so identical results), and
+// only rows not written yet are stored (kAccumulate must add once).
+// While the register blocks run, the same rows of the panel at column `next` (the one this thread does
+// next; -1: none) are prefetched into L2, a share before each block, so that its packing reads L2.
+void gemm_panel(const Gemm& g, int r0, int r1, int j0, int next) {
+  const bool swiglu = g.mode == kSwiGlu;
+  const int step = swiglu ? kPanel / 2 : kPanel;
+  const int width = std::min(step, g.N - j0);
+  const bool ahead = next >= 0 && next + step <= g.N;
+  const float* B0 = g.B0 + j0;
+  const float* B1 = swiglu ? g.B1 + j0 : nullptr;
+  alignas(64) float panel[kKBlock * kPanel];
+  alignas(64) float acc[kRowChunk * kPanel];
+  const int rows = r1 - r0;
+  const int blocks = rows <= kMR ? 1 : (rows + kMR - 1) / kMR;
+  auto block_row = [&](int b) { return rows <= kMR ? r0 : std::min(r0 + kMR * b, r1 - kMR); };
+  for (int k0 = 0; k0 < g.K; k0 += kKBlock) {
+    const int kc = std::min(kKBlock, g.K - k0);
+    const bool fused = width == step;  // full panel: the first register block packs it
+    const Source src{B0 + static_cast<long>(k0) * g.ldb,
+                     swiglu ? B1 + static_cast<long>(k0) * g.ldb : B0 + static_cast<long>(k0) * g.ldb + kPanel / 2,
+                     g.ldb};
+    for (int k = 0; k < kc && !fused; ++k) {  // the zero-padded edge panel
+      const float* b0 = B0 + static_cast<long>(k0 + k) * g.ldb;
+      const float* b1 = swiglu ? B1 + static_cast<long>(k0 + k) * g.ldb : nullptr;
+      float* dst = panel + k * kPanel;
+      for (int j = 0; j < kPanel; ++j) dst[j] = 0.0f;
+      for (int j = 0; j < width; ++j) {
+        dst[j] = b0[j];
+        if (swiglu) dst[step + j] = b1[j];
+      }
+    }
+    const int share = (kc + blocks - 1) / blocks;
+    for (int b = 0; b < blocks; ++b) {
+      if (ahead) {
+        for (int k = k0 + b * share; k < k0 + std::min(kc, (b + 1) * share); ++k) {
+          for (int l = 0; l < step; l += 16) {
+            prefetch_l2(g.B0 + static_cast<long>(k) * g.ldb + next + l);
+            if (swiglu) prefetch_l2(g.B1 + static_cast<long>(k) * g.ldb + next + l);
+          }
+        }
+      }
+      const float* a = g.A + static_cast<long>(block_row(b)) * g.lda + k0;
+      if (fused && b == 0)
+        micro_any<true>(std::min(kMR, rows), a, g.lda, panel, kc, acc, k0 == 0, src);
+      else
+        micro_any<false>(std::min(kMR, rows), a, g.lda, panel, kc, acc + b * kMR * kPanel, k0 == 0, src);
+    }
+  }
+  for (int b = 0; b < blocks; ++b) {
+    const int first = block_row(b), from = b == 0 ? first : std::max(first, block_row(b - 1) + kMR);
+    for (int i = from; i < std::min(r1, first + kMR); ++i)
+      epilogue(g, acc + (b * kMR + i - first) * kPanel, step, i, j0, width);
+  }
+}
+
+// Rows [r0, r1) of output columns [j0, j0 + step) straight from B, for matmuls of fewer than kMR rows
+// (a one-token head, a stream update), which are bound by reading B once: per output the same FMA chain
+// as micro_kernel.
+void gemm_columns(const Gemm& g, int r0, int r1, int j0) {
+  const bool swiglu = g.mode == kSwiGlu;
+  const int step = swiglu ? kPanel / 2 : kPanel;
+  const int width = std::min(step, g.N - j0);
+  for (int i = r0; i < r1; ++i) {
+    const float* a = g.A + static_cast<long>(i) * g.lda;
+    alignas(64) float acc[kPanel];
+    if (width == step) {
+      Vec c[kNV];
+      for (int v = 0; v < kNV; ++v) c[v] = Vec::zero();
+      const int half = swiglu ? kNV / 2 : kNV;
+      for (int k = 0; k < g.K; ++k) {
+        const float* b0 = g.B0 + static_cast<long>(k) * g.ldb + j0;
+        const float* b1 = swiglu ? g.B1 + static_cast<long>(k) * g.ldb + j0 : b0 + step / 2;
+        if (k + 8 < g.K) {
+          for (int l = 0; l < step; l += 16) {
+            prefetch(b0 + 8 * g.ldb + l);
+            if (swiglu) prefetch(b1 + 8 * g.ldb + l);
+          }
+        }
+        const Vec av = Vec::set1(a[k]);
+        if (swiglu) {
+          for (int v = 0; v < half; ++v) c[v] = Vec::fma(av, Vec::load(b0 + Vec::W * v), c[v]);
+          for (int v = 0; v < half; ++v) c[half + v] = Vec::fma(av, Vec::load(b1 + Vec::W * v), c[half + v]);
+        } else {
+          for (int v = 0; v < kNV; ++v) c[v] = Vec::fma(av, Vec::load(b0 + Vec::W * v), c[v]);
+        }
+      }
+      for (int v = 0; v < kNV; ++v) c[v].store(acc + Vec::W * v);
+    } else {
+      for (int j = 0; j < width; ++j) {
+        float s0 = 0.0f, s1 = 0.0f;
+        for (int k = 0; k < g.K; ++k) {
+          s0 = std::fma(a[k], g.B0[static_cast<long>(k) * g.ldb + j0 + j], s0);
+          if (swiglu) s1 = std::fma(a[k], g.B1[static_cast<long>(k) * g.ldb + j0 + j], s1);
+        }
+        acc[j] = s0;
+        if (swiglu) acc[step + j] = s1;
+      }
+    }
+    epilogue(g, acc, step, i, j0, width);
+  }
+}
+#endif  // TIREX_AVX2
 
 // A persistent pool of worker threads. run(n, threads, fn) calls fn(i) for every i in [0, n) on the caller
 // and up to threads - 1 workers. Items are claimed one at a time with a compare-and-swap on
@@ -613,6 +829,20 @@ Pool& pool() {
   return *instance;
 }
 
+// sum of x[j]^2 in a fixed order (16 interleaved partial sums, then a fixed tree, then the tail), so
+// that every level and vector width gives the same bits.
+inline float sum_of_squares(const float* x, int n) {
+  float part[16] = {};
+  int j = 0;
+  for (; j + 16 <= n; j += 16)
+    for (int l = 0; l < 16; ++l) part[l] += x[j + l] * x[j + l];
+  for (int w = 8; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) part[l] += part[l + w];
+  float sum = part[0];
+  for (; j < n; ++j) sum += x[j] * x[j];
+  return sum;
+}
+
 // fn(begin, end) over [0, n) in blocks of `grain`, handed out dynamically to up to num_threads threads.
 template <class F>
 void parallel_for(int n, int grain, int num_threads, F fn) {
@@ -634,9 +864,7 @@ void tirex_rms_norm(const float* x, const float* w, void* out, int rows, int dim
   parallel_for(rows, 64, num_threads, [&](int r0, int r1) {
     for (int r = r0; r < r1; ++r) {
       const float* xr = x + static_cast<size_t>(r) * dim;
-      float sq = 0.f;
-#pragma omp simd reduction(+ : sq)
-      for (int j = 0; j < dim; ++j) sq += xr[j] * xr[j];
+      const float sq = sum_of_squares(xr, dim);
       const float inv = 1.0f / std::sqrt(sq / dim + eps);
       for (int h = 0; h < heads; ++h) {
         const size_t dst = (static_cast<size_t>(h) * rows + r) * hd;
@@ -690,53 +918,80 @@ void tirex_silu_mul(const float* gate, const float* up, float* out, int rows, in
   });
 }
 
-// 1 if tirex_gemm is compiled in (AVX2 + FMA without AVX-512), else 0.
-int tirex_has_gemm() { return TIREX_GEMM; }
+// The instruction-set level this library was compiled for (0 portable, 1 avx2, 2 avx512, 3 avx512_bf16).
+int tirex_level() { return TIREX_LEVEL; }
+
+// 1 if the compiler maps std::fma to an FMA instruction; else (an x86-64 CPU before AVX2, built portable)
+// each one is a library call, and the Python side leaves the weight matmuls to torch.
+int tirex_native_fma() {
+#if defined(__FMA__) || defined(__FP_FAST_FMAF) || defined(__aarch64__)
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+// Kept for callers of earlier versions: every level has the matmuls now.
+int tirex_has_gemm() { return 1; }
 
 // C = A @ B with the epilogue `mode` (see GemmMode): A (M x K, row stride lda), B0 / B1 (K x N, row
-// stride ldb; B1 only for kSwiGlu), bias (N) or null, C (M x N, row stride ldc). Returns 1 if not compiled in.
-int tirex_gemm(const float* A, long lda, const float* B0, const float* B1, long ldb, const float* bias, float* C,
+// stride ldb; B1 only for kSwiGlu), bias (N) or null, C (M x N, row stride ldc; float32, or bfloat16 bits
+// for kStoreBf16). Returns 0.
+int tirex_gemm(const float* A, long lda, const float* B0, const float* B1, long ldb, const float* bias, void* C,
                long ldc, int M, int N, int K, int mode, int num_threads) {
-#if TIREX_GEMM
   if (M <= 0 || N <= 0 || K <= 0) return 0;
   Gemm g{A, lda, B0, B1, ldb, bias, C, ldc, M, N, K, mode};
   const int threads = static_cast<double>(M) * N * K < 2e6 ? 1 : num_threads;
-  if (M < 6) {  // too few rows to reuse a panel: stream B once, in blocks of 64 columns
-    const int cstep = mode == kSwiGlu ? 32 : 64;
+#if TIREX_AVX2
+  constexpr int kSmallRows = 6, kColumnStep = 64;
+#else
+  constexpr int kSmallRows = kMR, kColumnStep = kPanel;
+#endif
+  if (M < kSmallRows) {  // too few rows to reuse a panel: stream B once, in blocks of columns
+    const int cstep = mode == kSwiGlu ? kColumnStep / 2 : kColumnStep;
     const int blocks = (N + cstep - 1) / cstep;
     pool().run(blocks, std::min(threads, blocks), [&](int q) { gemm_columns(g, 0, M, q * cstep); });
     return 0;
   }
-  const int step = mode == kSwiGlu ? 8 : 16;
+  const int step = mode == kSwiGlu ? kPanel / 2 : kPanel;
   const int panels = (N + step - 1) / step;
   const int chunks = (M + kRowChunk - 1) / kRowChunk;
+#if TIREX_AVX2
   // work items: (row chunk, group of panels) of about 1M multiply-adds or more
-  const long per_panel = static_cast<long>(std::min(M, kRowChunk)) * K * 16;
+  const long per_panel = static_cast<long>(std::min(M, kRowChunk)) * K * step;
   const int group = std::max(1, std::min(panels, static_cast<int>(1000000 / std::max(per_panel, 1L))));
+#else
+  // work items: (row chunk, group of panels), about four per thread; within a group each panel's weights
+  // are prefetched while the one before it runs
+  const int group = std::max(1, std::min(panels, chunks * panels / (4 * std::max(1, threads))));
+#endif
   const int groups = (panels + group - 1) / group;
   pool().run(chunks * groups, std::min(threads, chunks * groups), [&](int w) {
     const int ci = w / groups, gi = w % groups;
     const int r0 = ci * kRowChunk, r1 = std::min(M, r0 + kRowChunk);
-    for (int q = gi * group; q < std::min(panels, (gi + 1) * group); ++q) gemm_panel(g, r0, r1, q * step);
+    const int last = std::min(panels, (gi + 1) * group);
+    for (int q = gi * group; q < last; ++q) {
+#if TIREX_AVX2
+      gemm_panel(g, r0, r1, q * step);
+#else
+      gemm_panel(g, r0, r1, q * step, q + 1 < last ? (q + 1) * step : -1);
+#endif
+    }
   });
   return 0;
-#else
-  (void)A; (void)lda; (void)B0; (void)B1; (void)ldb; (void)bias; (void)C; (void)ldc; (void)M; (void)N; (void)K;
-  (void)mode; (void)num_threads;
-  return 1;
-#endif
 }
 
-// 1 if R_pairs is used (compiled with AVX512-BF16), else 0.
-int tirex_has_bf16_dot() { return TIREX_BF16_DOT; }
+// 0: the recurrent product never uses AVX512-BF16 dot products (measured on a Sapphire Rapids core: 7%
+// faster than widening the pairs for single rows, 23% slower for blocks of rows, and summing pairs of k
+// would make results differ from the other levels). Kept for callers of earlier versions.
+int tirex_has_bf16_dot() { return 0; }
 
-// 1 if the recurrence reads R_pairs when given (AVX512-BF16 dot products, or AVX2 widening), else 0.
-int tirex_uses_bf16_pairs() { return TIREX_BF16_DOT || TIREX_BF16_PAIRS_AVX2; }
+// 1 if the recurrence reads R_pairs when given (AVX2 / AVX-512 widening), else 0.
+int tirex_uses_bf16_pairs() { return TIREX_LEVEL >= 1; }
 
-// The column block of R_pairs: 0 for the (H, D / 2, 4D, 2) layout of the AVX512-BF16 product, else the
-// block width of the AVX2 layout (H, 4D / block, D / 2, block, 2).
+// The column block of the R_pairs layout (H, 4D / block, D / 2, block, 2); 0 where none is read.
 int tirex_bf16_pairs_block() {
-#if TIREX_BF16_PAIRS_AVX2
+#if TIREX_AVX2 || TIREX_AVX512
   return kPairBlock;
 #else
   return 0;

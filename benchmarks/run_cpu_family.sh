@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Measure one CPU family for the README's "CPU families measured" table: exact mode (and the fast mode,
+# and torch's matmuls as an A/B) against tirex-ts eager, in alternating processes, one thread and the
+# default threads, at batch 32 and batch 1. Writes benchmarks/results/cpu_<tag>_*.json (the JSON holds
+# the CPU model, its ISA flags and the load average of every process) and prints the tables.
+#
+# Usage: bash benchmarks/run_cpu_family.sh TAG        (e.g. zen4, spr, graviton3)
+# Needs .venv (bash scripts/setup.sh) and .venv-ref (see benchmarks/bench_inference.py). Run it on a
+# quiet machine: `uptime` before and after is recorded; a 1-minute load above the core count makes
+# default-thread numbers meaningless (torch's parallel ops then wait for descheduled workers).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TAG="${1:?usage: run_cpu_family.sh TAG}"
+OUT=benchmarks/results
+lscpu | grep -E "Model name|^CPU\(s\)|Flags" | sed 's/^/# /'
+uptime
+for threads in 1 default; do
+  extra=()
+  [ "$threads" = 1 ] && extra=(--threads 1)
+  .venv/bin/python benchmarks/bench_inference.py "${extra[@]}" --ours-fast --variant torch_mm=TIREX_CPU_GEMM=0 \
+    --scenario b1_ctx2048_h32 --procs 3 --reps 5 --json "$OUT/cpu_${TAG}_b1_threads${threads}.json"
+  uptime
+  .venv/bin/python benchmarks/bench_inference.py "${extra[@]}" --ours-fast \
+    --scenario b32_ctx2048_h64 --procs 2 --reps 2 --json "$OUT/cpu_${TAG}_b32_threads${threads}.json"
+  uptime
+done

@@ -1,0 +1,277 @@
+"""The CPU kernel's instruction-set dispatch: the table, every level built, every level this CPU runs
+cross-checked against the others (bit for bit), the torch fallback and the parity fixture; batch
+independence as the README states it; concurrent forecasts from several Python threads."""
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from tirex import ModelConfig, TiRexModel, cpu_kernel, load_model
+
+RUNNABLE = cpu_kernel.runnable_levels()
+kernels = pytest.mark.skipif(cpu_kernel.load() is None, reason=f"CPU kernel unavailable: {cpu_kernel.error()}")
+
+
+@pytest.fixture
+def restore_dispatch():
+    yield
+    cpu_kernel.reset()
+
+
+def _model(seed=0, embed=64, heads=2):
+    torch.manual_seed(seed)
+    model = TiRexModel(ModelConfig(embed_dim=embed, num_heads=heads, num_blocks=2, input_ff_dim=96,
+                                   context_length=256)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def _series(n=7, seed=1):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=rng.integers(20, 400)).cumsum() for _ in range(n)]
+
+
+# -- the table -----------------------------------------------------------------------------------------
+AVX512 = {"avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl"}
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (set(), ["portable"]),
+    ({"sse4_2", "avx"}, ["portable"]),
+    ({"avx2"}, ["portable"]),  # AVX2 without FMA: not enough
+    ({"avx2", "fma"}, ["portable", "avx2"]),
+    ({"avx2", "fma", "avx512f"}, ["portable", "avx2"]),  # AVX-512 F alone (Knights Landing): not enough
+    (AVX512, ["portable", "avx2", "avx512"]),
+    (AVX512 | {"avx512_bf16", "amx_bf16", "amx_tile"}, ["portable", "avx2", "avx512"]),
+])
+def test_levels_follow_the_cpu_flags(monkeypatch, flags, expected):
+    monkeypatch.setattr(cpu_kernel, "is_x86", lambda: True)
+    assert cpu_kernel.runnable_levels(flags) == expected
+    assert cpu_kernel.best_level(flags) == expected[-1]
+
+
+def test_other_architectures_get_the_portable_level(monkeypatch):
+    monkeypatch.setattr(cpu_kernel, "is_x86", lambda: False)
+    assert cpu_kernel.runnable_levels({"asimd", "fp", "avx2", "fma"}) == ["portable"]
+
+
+def test_forcing_an_unknown_or_unrunnable_level_is_a_clear_error(monkeypatch, restore_dispatch):
+    with pytest.raises(ValueError, match="one of"):
+        cpu_kernel.select("avx1024")
+    monkeypatch.setattr(cpu_kernel, "cpu_flags", lambda: set())
+    cpu_kernel.reset()
+    if cpu_kernel.is_x86() and not cpu_kernel._disabled():
+        with pytest.raises(RuntimeError, match="cannot run level 'avx2'"):
+            cpu_kernel.select("avx2")
+
+
+# -- every level compiles, whether or not this CPU runs it ----------------------------------------------
+@pytest.mark.skipif(cpu_kernel._compiler() is None, reason="no C++ compiler")
+@pytest.mark.parametrize("level", list(cpu_kernel.LEVELS))
+def test_every_level_compiles(level):
+    if cpu_kernel.LEVELS[level].x86_only and not cpu_kernel.is_x86():
+        pytest.skip("x86 level on another architecture")
+    path = cpu_kernel.build(level)  # cached per source + compiler + flags: rebuilt after any source change
+    assert path.is_file() and path.stat().st_size > 0
+
+
+@pytest.mark.skipif(cpu_kernel._compiler() is None, reason="no C++ compiler")
+def test_levels_refuse_missing_compiler_flags(tmp_path):
+    """A level's source refuses to build without its instruction set (no silent scalar fallback)."""
+    if not cpu_kernel.is_x86():
+        pytest.skip("x86 levels")
+    cmd = cpu_kernel.compile_command("avx512", cpu_kernel._compiler(), tmp_path / "x.so")
+    cmd = [c for c in cmd if not c.startswith("-mavx512")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode != 0 and "needs -mavx512f" in proc.stderr
+
+
+@pytest.mark.skipif(cpu_kernel._compiler() is None, reason="no C++ compiler")
+def test_portable_level_uses_no_x86_intrinsics():
+    """What the portable level compiles is plain C++ (so ARM and any other CPU get the same code)."""
+    proc = subprocess.run([cpu_kernel._compiler(), "-E", "-std=c++17", "-DTIREX_LEVEL=0", str(cpu_kernel.SOURCE)],
+                          capture_output=True, text=True, check=True)
+    for marker in ("immintrin", "__m256", "__m512", "_mm256_", "_mm512_", "_mm_prefetch"):
+        assert marker not in proc.stdout, marker
+
+
+@pytest.mark.parametrize("cross", ["aarch64-linux-gnu-g++", "clang++"])
+def test_portable_level_compiles_for_arm(cross, tmp_path):
+    """Where a cross compiler is installed, the portable level compiles for 64-bit ARM (object file only)."""
+    cxx = shutil.which(cross)
+    if cxx is None:
+        pytest.skip(f"{cross} not installed")
+    target = ["--target=aarch64-linux-gnu"] if cross == "clang++" else []
+    flags = [f for f in cpu_kernel.COMMON_FLAGS if f not in ("-shared",)]
+    proc = subprocess.run([cxx, *target, *flags, "-c", "-DTIREX_LEVEL=0", str(cpu_kernel.SOURCE), "-o",
+                           str(tmp_path / "k.o")], capture_output=True, text=True)
+    if proc.returncode != 0 and "fatal error" in proc.stderr and ".h" in proc.stderr:
+        pytest.skip("no ARM C++ headers for this cross compiler")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# -- the levels this CPU runs agree with each other, bit for bit -----------------------------------------
+@kernels
+@pytest.mark.parametrize("recurrence", ["bfloat16", "float32"])
+def test_every_level_gives_the_same_forecast(restore_dispatch, recurrence):
+    model = _model(embed=128, heads=2)  # head_dim 64: the bfloat16-pair product applies
+    model.set_recurrence_dtype(recurrence)
+    series = _series()
+    results = {}
+    for level in RUNNABLE:
+        cpu_kernel.select(level, "compiled")
+        results[level], _ = model.forecast(series, prediction_length=40, batch_size=4)
+    for level, q in results.items():
+        assert torch.equal(q, results["portable"]), f"{level} differs from portable"
+    # the torch fallback (loop + torch matmuls) agrees up to float32 rounding noise
+    cpu_kernel.select(None, "torch")
+    model.set_backend("torch")
+    fallback, _ = model.forecast(series, prediction_length=40, batch_size=4)
+    scale = torch.tensor([np.std(s[-256:]) for s in series], dtype=torch.float32).view(-1, 1, 1)
+    err = (fallback - results["portable"]).abs() / scale
+    assert err.max() < 1e-2 and err.mean() < 5e-4
+
+
+@kernels
+@pytest.mark.parametrize("level", RUNNABLE)
+def test_compiled_matmuls_of_every_level_match_and_rows_are_independent(level, restore_dispatch):
+    lib = cpu_kernel.load_level(level)
+    reference = cpu_kernel.load_level("portable")
+    g = torch.Generator().manual_seed(5)
+    for rows, k, n, mode in [(13, 512, 300, 3), (70, 130, 77, 1), (4, 64, 200, 0), (100, 96, 64, 2)]:
+        a = torch.randn(rows, k, generator=g)
+        w0, w1 = torch.randn(k, n, generator=g), torch.randn(k, n, generator=g)
+        bias = None if mode == 3 else torch.randn(n, generator=g)
+        base = torch.randn(rows, n, generator=g)
+
+        def run(library, m, threads):
+            out = base[:m].clone()
+            library.tirex_gemm(a.data_ptr(), k, w0.data_ptr(), w1.data_ptr(), n,
+                               None if bias is None else bias.data_ptr(), out.data_ptr(), n, m, n, k, mode, threads)
+            return out
+
+        full = run(lib, rows, 2)
+        assert torch.equal(full, run(reference, rows, 1)), (level, rows, k, n, mode)
+        assert torch.equal(run(lib, 1, 1)[0], full[0])
+        assert torch.equal(run(lib, min(7, rows), 2), full[:7])
+
+
+# -- the parity fixture on every level -------------------------------------------------------------------
+@kernels
+@pytest.mark.parametrize("level", RUNNABLE)
+def test_parity_fixture_on_every_level(level, fixture_dir, restore_dispatch):
+    from test_parity import CASES, _denominators
+
+    cases = torch.load(fixture_dir / "cases.pt", weights_only=True)["cases"]
+    model = load_model(fixture_dir / "official" / "model.ckpt")
+    cpu_kernel.select(level, "compiled")
+    assert model.backend_info()["cpu"]["level"] == level
+    for name in CASES:
+        case = cases[name]
+        kwargs = dict(case["kwargs"])
+        rollout = kwargs.pop("max_accelerated_rollout_steps", 1)
+        q, _ = model.forecast(case["context"], rollout_steps=rollout, output_type="torch", **kwargs)
+        err = (q.double() - case["quantiles"].double()).abs() / _denominators(case["context"], model.config.context_length)
+        assert err.max() <= 1e-2 and err.mean() <= 5e-4, (level, name, err.max().item(), err.mean().item())
+
+
+# -- batch independence, as stated in the README ---------------------------------------------------------
+def _batch_runs(model, series):
+    a, _ = model.forecast(series, prediction_length=20, batch_size=7)
+    b, _ = model.forecast(series, prediction_length=20, batch_size=3)
+    c, _ = model.forecast(series[::-1], prediction_length=20, batch_size=1)
+    return a, b, c.flip(0)
+
+
+@kernels
+@pytest.mark.parametrize("level", RUNNABLE)
+def test_compiled_paths_are_batch_independent_bit_for_bit(level, restore_dispatch):
+    model = _model()
+    cpu_kernel.select(level, "compiled")
+    info = model.backend_info()["cpu"]
+    a, b, c = _batch_runs(model, _series())
+    if info["batch_independent_bitwise"]:
+        assert torch.equal(a, b) and torch.equal(a, c)
+    else:  # the portable level on an x86 CPU leaves the matmuls to torch (no FMA instruction there)
+        assert info["matmuls"] == "torch"
+
+
+def test_torch_matmuls_stay_within_the_parity_bar_of_each_other(restore_dispatch):
+    """With torch's matmuls (TIREX_CPU_GEMM=0, no kernel) a series' forecast may move with the batch by
+    float32 rounding noise, which the bfloat16 recurrence can amplify: bounded by the spec's parity bar."""
+    model = _model()
+    cpu_kernel.select(None, "torch")
+    assert not model.backend_info()["cpu"]["batch_independent_bitwise"]
+    series = _series()
+    a, b, c = _batch_runs(model, series)
+    scale = torch.tensor([np.std(s[-256:]) for s in series], dtype=torch.float32).view(-1, 1, 1)
+    for other in (b, c):
+        err = (a - other).abs() / scale
+        assert err.max() <= 1e-2 and err.mean() <= 5e-4
+
+
+# -- forcing by environment, reported by backend_info ----------------------------------------------------
+@kernels
+def test_environment_forces_the_level_and_backend_info_says_so():
+    level = RUNNABLE[0]  # portable: every CPU runs it
+    code = ("import json, tirex; from tirex import ModelConfig, TiRexModel;"
+            "m = TiRexModel(ModelConfig(embed_dim=32, num_heads=2, num_blocks=1, input_ff_dim=32, context_length=64));"
+            "print(json.dumps(m.backend_info()))")
+    env = {**__import__("os").environ, "TIREX_CPU_ISA": level, "TIREX_CPU_GEMM": "0"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["cpu"]["level"] == level and info["cpu"]["matmuls"] == "torch"
+    assert any("TIREX_CPU_ISA" in line for line in info["cpu"]["why"])
+    assert any("TIREX_CPU_GEMM=0" in line for line in info["cpu"]["why"])
+    env["TIREX_CPU_ISA"] = "sse9"
+    bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert bad.returncode != 0 and "TIREX_CPU_ISA" in bad.stderr
+
+
+# -- concurrency -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("matmuls", ["compiled", "torch"])
+def test_concurrent_forecasts_equal_sequential_ones(matmuls, restore_dispatch):
+    """Forecasts from several Python threads at once (different batch sizes, so different small/large
+    paths) give bitwise the results of the same forecasts one after another."""
+    if cpu_kernel.load() is not None:
+        cpu_kernel.select(None, matmuls)
+    elif matmuls == "compiled":
+        pytest.skip("no CPU kernel")
+    model = _model()
+    model.prepare_inference()
+    jobs = [(_series(n, seed), h) for n, seed, h in [(1, 2, 20), (9, 3, 40), (3, 4, 70), (16, 5, 10)]]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        sequential = [model.forecast(s, prediction_length=h, output_type="torch")[0] for s, h in jobs]
+        results = [None] * (2 * len(jobs))
+        errors = []
+        start = threading.Barrier(len(results))
+
+        def work(i):
+            try:
+                start.wait()
+                s, h = jobs[i % len(jobs)]
+                results[i] = model.forecast(s, prediction_length=h, output_type="torch")[0]
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(results))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert torch.get_num_threads() == 2
+        for i, q in enumerate(results):
+            assert torch.equal(q, sequential[i % len(jobs)]), i
+    finally:
+        torch.set_num_threads(before)
