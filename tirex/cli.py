@@ -1,4 +1,4 @@
-"""Command line: ``tirex forecast | demo | eval | pretrain | finetune`` (also ``python -m tirex``).
+"""Command line: ``tirex forecast | demo | eval | pretrain | finetune | classify`` (also ``python -m tirex``).
 
 Exit codes: 0 success, 2 a problem with the input or options (one line on stderr says what and
 how to fix it), 1 an unexpected failure.
@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("eval", "tirex_eval.cli", "score models on GIFT-Eval, Chronos Benchmark II or the offline suite"),
         ("pretrain", "tirex_pretraining.cli", "pretrain a model with Lightning"),
         ("finetune", "tirex_pretraining.finetune_cli", "fine-tune a model on your own series"),
+        ("classify", "tirex.classify_cli", "classify or regress whole series with TiRex embeddings"),
     ):
         try:
             mod = __import__(module, fromlist=["add_subparser"])

@@ -17,9 +17,15 @@ Extractors for Time Series Classification" (arXiv 2510.26777):
    series (``diff``), and statistics of the raw values (``statistics``): mean, standard deviation,
    minimum and maximum of each of ``segments`` equal parts of the series, then log(1 + length). They
    restore the level, scale and length that the model's per-window scaling hides.
+6. Our addition, multi-resolution: steps 1-5 (less the statistics) are repeated on the series stretched
+   in time by each factor in ``resolutions`` (linear interpolation; factor 2 puts one new value between
+   each two neighbours), so that a patch covers 1/2, 1/4 ... as many original values. A short series then
+   spans more tokens, and the model sees its shape at a finer grain. On the aeon benchmark datasets this
+   raised the mean accuracy from 0.89 to 0.91 (README, "Classification and regression").
 
-One channel's vector is ``[blocks of the series | blocks of its differences | statistics]``
-(``embedding_size`` long); a multivariate case concatenates its channels' vectors in channel order.
+One channel's vector is ``[for each resolution: blocks of the series | blocks of its differences]`` then
+``[statistics]`` (``embedding_size`` long); a multivariate case concatenates its channels' vectors in
+channel order.
 """
 
 from __future__ import annotations
@@ -51,14 +57,21 @@ class EmbeddingOptions:
         statistics: append per-segment statistics of the raw values and the log length.
         segments: number of equal segments for the statistics.
         window_overlap: overlap of consecutive windows of a series longer than the context, in [0, 1).
+        resolutions: time-stretch factors (positive integers) at which the series is embedded; (1,) = as is.
     """
 
     diff: bool = True
     statistics: bool = True
     segments: int = 8
     window_overlap: float = 0.5
+    resolutions: tuple[int, ...] = (1, 2, 4)
 
     def __post_init__(self) -> None:
+        resolutions = tuple(self.resolutions) if isinstance(self.resolutions, (list, tuple)) else (self.resolutions,)
+        if not resolutions or any(isinstance(f, bool) or not isinstance(f, numbers.Integral) or f <= 0
+                                  for f in resolutions):
+            raise ValueError(f"resolutions must be positive integers (time-stretch factors), got {self.resolutions!r}")
+        object.__setattr__(self, "resolutions", tuple(int(f) for f in resolutions))
         if isinstance(self.segments, bool) or not isinstance(self.segments, numbers.Integral) or self.segments <= 0:
             raise ValueError(f"segments must be a positive integer, got {self.segments!r}")
         if not isinstance(self.window_overlap, numbers.Real) or not 0.0 <= self.window_overlap < 1.0:
@@ -67,7 +80,7 @@ class EmbeddingOptions:
 
 def embedding_size(model: "TiRexModel", options: EmbeddingOptions = EmbeddingOptions()) -> int:
     """Length of one channel's vector."""
-    size = model.config.num_blocks * model.config.embed_dim * (2 if options.diff else 1)
+    size = model.config.num_blocks * model.config.embed_dim * (2 if options.diff else 1) * len(options.resolutions)
     return size + (len(STATISTICS) * options.segments + 1 if options.statistics else 0)
 
 
@@ -134,6 +147,24 @@ def model_embedding(model: "TiRexModel", series: list[torch.Tensor], window_over
     return (total / counts).flatten(1)
 
 
+def stretch(series: torch.Tensor, factor: int) -> torch.Tensor:
+    """The series stretched in time by an integer ``factor``: the original values are kept and
+    ``factor - 1`` linearly interpolated ones are put between each two neighbours (NaN next to a missing one).
+
+    >>> stretch(torch.tensor([0.0, 1.0, 3.0]), 2)
+    tensor([0.0000, 0.5000, 1.0000, 2.0000, 3.0000])
+    """
+    n = series.numel()
+    if factor == 1 or n < 2:
+        return series
+    position = torch.arange((n - 1) * factor + 1, dtype=torch.float64) / factor
+    low = position.floor().long().clamp(max=n - 2)
+    frac = (position - low).to(series.dtype)
+    a, b = series[low], series[low + 1]
+    out = a + (b - a) * frac
+    return torch.where(frac == 0, a, torch.where(frac == 1, b, out))
+
+
 # -- the statistics --------------------------------------------------------------------------------
 def segment_statistics(series: list[torch.Tensor], segments: int) -> torch.Tensor:
     """(n, 4 * segments + 1): NaN-aware mean, std, min and max of each of ``segments`` equal parts
@@ -170,10 +201,14 @@ def embed_series(
         starts = tqdm(starts, desc="embed", unit="batch")
     for start in starts:
         chunk = series[start:start + batch_size]
-        pieces = [model_embedding(model, chunk, options.window_overlap)]
-        if options.diff:
-            diffs = [s[1:] - s[:-1] if s.numel() > 1 else torch.full((1,), float("nan"), dtype=s.dtype) for s in chunk]
-            pieces.append(model_embedding(model, diffs, options.window_overlap))
+        pieces = []
+        for factor in options.resolutions:
+            stretched = [stretch(s, factor) for s in chunk]
+            pieces.append(model_embedding(model, stretched, options.window_overlap))
+            if options.diff:
+                diffs = [s[1:] - s[:-1] if s.numel() > 1 else torch.full((1,), float("nan"), dtype=s.dtype)
+                         for s in stretched]
+                pieces.append(model_embedding(model, diffs, options.window_overlap))
         if options.statistics:
             pieces.append(segment_statistics(chunk, options.segments))
         parts.append(torch.cat(pieces, dim=1))
@@ -186,10 +221,22 @@ def embed_collection(
     options: EmbeddingOptions = EmbeddingOptions(),
     batch_size: int = 256,
     progress: bool = False,
+    cache_dir=None,
 ) -> np.ndarray:
-    """Cases from ``to_collection`` (each (channels, time)) -> (n_cases, channels * embedding_size) float32."""
-    series = [torch.from_numpy(row) for case in cases for row in case]
-    vectors = embed_series(model, series, options, batch_size, progress).numpy()
+    """Cases from ``to_collection`` (each (channels, time)) -> (n_cases, channels * embedding_size) float32.
+
+    With ``cache_dir`` the vectors of series seen before come from the on-disk cache
+    (``tirex.embedding_cache``) and new ones are added to it.
+    """
+    series = [row for case in cases for row in case]
+    compute = lambda todo: embed_series(model, [torch.from_numpy(s) for s in todo], options, batch_size,  # noqa: E731
+                                        progress).numpy()
+    if cache_dir is None:
+        vectors = compute(series)
+    else:
+        from .embedding_cache import cached_embeddings
+
+        vectors = cached_embeddings(cache_dir, model, options, series, compute)
     return vectors.reshape(len(cases), -1)
 
 
@@ -269,6 +316,7 @@ def embed(
     statistics: bool = True,
     segments: int = 8,
     window_overlap: float = 0.5,
+    resolutions=(1, 2, 4),
     batch_size: int = 256,
     per_channel: bool = False,
     output_type: str | None = None,
@@ -279,7 +327,7 @@ def embed(
     from .forecast import _is_dataframe, _is_gluonts_dataset, _is_pandas_series
 
     options = EmbeddingOptions(diff=bool(diff), statistics=bool(statistics), segments=segments,
-                               window_overlap=window_overlap)
+                               window_overlap=window_overlap, resolutions=resolutions)
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     run = dict(options=options, batch_size=int(batch_size), progress=progress)

@@ -1,8 +1,8 @@
 """An on-disk cache of embeddings for repeated experiments: safe ``.npz`` files, never pickle.
 
-One file per (model weights, embedding options) holds the vectors of every case embedded so far, keyed by a
-SHA-256 of each case's values. Cross-validation folds, repeated fits and other subsets of the same cases
-then embed each case once. Files are replaced atomically, so a crash never leaves a torn file; two
+One file per (model weights, embedding options) holds the vector of every series (one channel of a case)
+embedded so far, keyed by a SHA-256 of its values. Cross-validation folds, repeated fits and other subsets
+of the same cases then embed each series once. Files are replaced atomically, so a crash never leaves a torn file; two
 processes writing the same file at once can lose each other's new entries (they are recomputed), never
 corrupt it.
 """
@@ -39,12 +39,9 @@ def model_fingerprint(model) -> str:
     return digest
 
 
-def case_key(case: np.ndarray) -> bytes:
-    """SHA-256 (hex, as bytes) of a (channels, time) case's shape and float64 values."""
-    case = np.ascontiguousarray(case, dtype=np.float64)
-    h = hashlib.sha256(repr(case.shape).encode())
-    h.update(case.tobytes())
-    return h.hexdigest().encode()
+def series_key(series: np.ndarray) -> bytes:
+    """SHA-256 (hex, as bytes) of a 1-D series' float64 values (NaN included)."""
+    return hashlib.sha256(np.ascontiguousarray(series, dtype=np.float64).tobytes()).hexdigest().encode()
 
 
 def cache_file(cache_dir, model, options: EmbeddingOptions) -> Path:
@@ -82,16 +79,17 @@ def cached_embeddings(
     cache_dir,
     model,
     options: EmbeddingOptions,
-    cases: list[np.ndarray],
+    series: list[np.ndarray],
     compute: Callable[[list[np.ndarray]], np.ndarray],
 ) -> np.ndarray:
-    """Vectors of ``cases``, computing with ``compute`` only those not yet in the cache, then saving them."""
+    """Vectors of the 1-D ``series``, computing with ``compute`` (list of series -> (n, size)) only those
+    not yet in the cache, then saving them. Returns (len(series), size)."""
     path = cache_file(cache_dir, model, options)
     store = _read(path)
-    keys = [case_key(c) for c in cases]
+    keys = [series_key(s) for s in series]
     todo = sorted({k: i for i, k in enumerate(keys) if k not in store}.values())
     if todo:
-        for i, vector in zip(todo, compute([cases[i] for i in todo])):
+        for i, vector in zip(todo, compute([series[i] for i in todo])):
             store[keys[i]] = vector
         _write(path, store)
     return np.stack([store[k] for k in keys])
