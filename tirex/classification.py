@@ -130,9 +130,19 @@ class _TiRexEstimator(BaseEstimator):
         y = self._check_targets(y, len(cases))
         self.head_ = self._make_head()  # checked before the (slow) embedding
         self.n_channels_ = cases[0].shape[0]
-        self.head_.fit(self._embed(cases), y)
+        features = self._embed(cases)
+        with self._head_threads():
+            self.head_.fit(features, y)
         self.embedding_dim_ = int(self.head_.n_features_in_) if hasattr(self.head_, "n_features_in_") else None
         return self
+
+    def _head_threads(self):
+        """OpenMP threads of the head (gradient boosting) limited to ``n_jobs`` (None = 1, scikit-learn's
+        meaning): with more threads than free cores OpenMP's waiting threads make a fit 100x slower."""
+        from joblib import effective_n_jobs
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(limits=effective_n_jobs(self.n_jobs), user_api="openmp")
 
     def _features(self, X) -> np.ndarray:
         check_is_fitted(self, "head_")
@@ -228,11 +238,15 @@ class TiRexClassifier(ClassifierMixin, _TiRexEstimator):
 
     def predict(self, X) -> np.ndarray:
         """Class label of each case, (n_cases,)."""
-        return self.head_.predict(self._features(X))
+        features = self._features(X)
+        with self._head_threads():
+            return self.head_.predict(features)
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, (n_cases, n_classes), columns in the order of ``classes_``."""
-        return self.head_.predict_proba(self._features(X))
+        features = self._features(X)
+        with self._head_threads():
+            return self.head_.predict_proba(features)
 
     @staticmethod
     def _check_targets(y, n_cases: int) -> np.ndarray:
@@ -261,7 +275,9 @@ class TiRexRegressor(RegressorMixin, _TiRexEstimator):
 
     def predict(self, X) -> np.ndarray:
         """Predicted target of each case, (n_cases,) float."""
-        return self.head_.predict(self._features(X))
+        features = self._features(X)
+        with self._head_threads():
+            return self.head_.predict(features)
 
     @staticmethod
     def _check_targets(y, n_cases: int) -> np.ndarray:
