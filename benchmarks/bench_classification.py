@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="model source for TiRex (default: the bundled model)")
     ap.add_argument("--datasets", default=None, help="comma-separated subset (default: all)")
-    ap.add_argument("--head", default="random_forest", help="TiRex head (default random_forest)")
+    ap.add_argument("--head", default="extra_trees", help="TiRex head (default: the estimators' default, extra_trees)")
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")

@@ -98,19 +98,21 @@ def window_starts(length: int, window: int, overlap: float) -> list[int]:
     return list(range(0, length - window, stride)) + [length - window]
 
 
-def block_means(model: "TiRexModel", windows: list[torch.Tensor]) -> torch.Tensor:
+def block_means(model: "TiRexModel", windows: list[torch.Tensor], batch_size: int = 256) -> torch.Tensor:
     """Each block's output averaged over the data-holding tokens of each window: (windows, blocks, embed).
 
-    Windows are batched with others of the same token count, so a window's result never depends on
-    which other windows are embedded with it.
+    Windows are batched (at most ``batch_size`` per forward, which bounds the memory of the blocks'
+    outputs) with others of the same token count, so a window's result never depends on which other
+    windows are embedded with it.
     """
     cfg = model.config
     p = cfg.patch_size
     device = next(model.parameters()).device
     out = torch.empty(len(windows), cfg.num_blocks, cfg.embed_dim)
     token_counts = [max(1, math.ceil(w.numel() / p)) for w in windows]
-    for count in sorted(set(token_counts)):
-        rows = [i for i, t in enumerate(token_counts) if t == count]
+    groups = [[i for i, t in enumerate(token_counts) if t == count] for count in sorted(set(token_counts))]
+    for rows in (group[k:k + batch_size] for group in groups for k in range(0, len(group), batch_size)):
+        count = token_counts[rows[0]]
         x = torch.full((len(rows), count * p), float("nan"), dtype=torch.float32)
         for j, i in enumerate(rows):
             w = windows[i]
@@ -132,7 +134,8 @@ def standardise_blocks(means: torch.Tensor) -> torch.Tensor:
     return centred / (centred.pow(2).mean(-1, keepdim=True).sqrt() + 1e-6)
 
 
-def model_embedding(model: "TiRexModel", series: list[torch.Tensor], window_overlap: float = 0.5) -> torch.Tensor:
+def model_embedding(model: "TiRexModel", series: list[torch.Tensor], window_overlap: float = 0.5,
+                    batch_size: int = 256) -> torch.Tensor:
     """(n, blocks * embed): standardised block means of each series, averaged over its windows."""
     context = model.config.context_length
     windows, owner = [], []
@@ -140,7 +143,7 @@ def model_embedding(model: "TiRexModel", series: list[torch.Tensor], window_over
         for start in window_starts(s.numel(), context, window_overlap):
             windows.append(s[start:start + context])
             owner.append(i)
-    means = standardise_blocks(block_means(model, windows))
+    means = standardise_blocks(block_means(model, windows, batch_size))
     owner_t = torch.tensor(owner)
     total = torch.zeros(len(series), *means.shape[1:]).index_add_(0, owner_t, means)
     counts = torch.bincount(owner_t, minlength=len(series)).view(-1, 1, 1)
@@ -204,11 +207,11 @@ def embed_series(
         pieces = []
         for factor in options.resolutions:
             stretched = [stretch(s, factor) for s in chunk]
-            pieces.append(model_embedding(model, stretched, options.window_overlap))
+            pieces.append(model_embedding(model, stretched, options.window_overlap, batch_size))
             if options.diff:
                 diffs = [s[1:] - s[:-1] if s.numel() > 1 else torch.full((1,), float("nan"), dtype=s.dtype)
                          for s in stretched]
-                pieces.append(model_embedding(model, diffs, options.window_overlap))
+                pieces.append(model_embedding(model, diffs, options.window_overlap, batch_size))
         if options.statistics:
             pieces.append(segment_statistics(chunk, options.segments))
         parts.append(torch.cat(pieces, dim=1))
