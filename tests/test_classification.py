@@ -103,6 +103,7 @@ def test_unequal_lengths_and_multivariate(model):
     assert clf3.score(unequal3, y3) > 0.8
     with pytest.raises(ValueError, match="2 channel.*fitted on 3"):
         clf3.predict(X3[:, :2])
+    assert clf3.fit(X3[:, :2], y3).n_channels_ == 2  # a new fit starts afresh
 
 
 def test_heads(model):

@@ -96,9 +96,9 @@ class _TiRexEstimator(BaseEstimator):
         return EmbeddingOptions(diff=bool(self.diff), statistics=bool(self.statistics), segments=self.segments,
                                 resolutions=self.resolutions)
 
-    def _collection(self, X, what: str = "X") -> list[np.ndarray]:
+    def _collection(self, X, what: str = "X", fitting: bool = False) -> list[np.ndarray]:
         cases = to_collection(X, what, allow_inf=False, allow_empty_cases=False)
-        if hasattr(self, "n_channels_") and cases[0].shape[0] != self.n_channels_:
+        if not fitting and cases[0].shape[0] != self.n_channels_:
             raise ValueError(
                 f"{what} has {cases[0].shape[0]} channel(s) per case, but the estimator was fitted on "
                 f"{self.n_channels_}; pass the same channels in the same order"
@@ -126,7 +126,7 @@ class _TiRexEstimator(BaseEstimator):
         return _build_head(self._task, head, self.n_estimators, self.random_state, self.n_jobs)
 
     def _fit(self, X, y):
-        cases = self._collection(X)
+        cases = self._collection(X, fitting=True)
         y = self._check_targets(y, len(cases))
         self.head_ = self._make_head()  # checked before the (slow) embedding
         self.n_channels_ = cases[0].shape[0]
@@ -145,7 +145,7 @@ class _TiRexEstimator(BaseEstimator):
         return threadpool_limits(limits=effective_n_jobs(self.n_jobs), user_api="openmp")
 
     def _features(self, X) -> np.ndarray:
-        check_is_fitted(self, "head_")
+        check_is_fitted(self, ["head_", "n_channels_"])
         return self._embed(self._collection(X))
 
     def transform(self, X) -> np.ndarray:
