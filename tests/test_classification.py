@@ -65,7 +65,7 @@ def test_fit_predict_shapes_and_accuracy(model):
     assert pred.shape == (30,) and proba.shape == (30, 2)
     np.testing.assert_allclose(proba.sum(1), 1.0)
     assert clf.score(Xt, yt) >= 0.8  # chance is 0.5
-    assert clf.transform(Xt).shape[0] == 30
+    assert clf.embed(Xt).shape[0] == 30
 
 
 def test_sklearn_conventions_clone_pipeline_cross_validation(model):
@@ -98,7 +98,7 @@ def test_unequal_lengths_and_multivariate(model):
     assert clf.predict([x[:45] for x in X[:5]]).shape == (5,)
     X3, y3 = two_classes(30, channels=3)  # (30, 3, 48)
     clf3 = TiRexClassifier(model=model, random_state=0, **FAST).fit(X3, y3)
-    assert clf3.n_channels_ == 3 and clf3.transform(X3[:2]).shape[1] == 3 * clf.transform(ragged[:1]).shape[1]
+    assert clf3.n_channels_ == 3 and clf3.embed(X3[:2]).shape[1] == 3 * clf.embed(ragged[:1]).shape[1]
     unequal3 = [x[:, : rng.integers(30, 49)] for x in X3]  # list of (channels, time_i)
     assert clf3.score(unequal3, y3) > 0.8
     with pytest.raises(ValueError, match="2 channel.*fitted on 3"):
@@ -134,7 +134,7 @@ def test_model_sources(model, model_dir, fixture_dir):
     X, y = two_classes(20)
     by_path = TiRexClassifier(model=model_dir, random_state=0, **FAST).fit(X, y)
     by_object = TiRexClassifier(model=model, random_state=0, **FAST).fit(X, y)
-    np.testing.assert_allclose(by_path.transform(X), by_object.transform(X), atol=1e-6)
+    np.testing.assert_allclose(by_path.embed(X), by_object.embed(X), atol=1e-6)
     published = TiRexClassifier(model=str(fixture_dir / "official" / "model.ckpt"), random_state=0, **FAST)
     assert published.fit(X, y).predict(X).shape == (20,)
     with pytest.raises(TypeError, match="model must be"):
@@ -172,6 +172,12 @@ def test_bad_input(model):
         clf.fit([np.array(["a", "b"])], [0])
     with pytest.raises(ValueError, match="empty"):
         clf.fit([np.zeros(0), np.zeros(5)], [0, 1])
+    import scipy.sparse
+
+    with pytest.raises(TypeError, match="sparse input is not supported"):
+        clf.fit(scipy.sparse.csr_matrix(X), y)
+    with pytest.raises(ValueError, match="requires y"):
+        clf.fit(X, None)
     with pytest.raises(NotFittedError):
         TiRexClassifier(model=model).predict(X)
     X_nan = X.copy()
@@ -185,7 +191,7 @@ def test_cache_dir_gives_the_same_result(model, tmp_path):
     files = list(tmp_path.glob("*.npz"))
     assert len(files) == 1
     b = TiRexClassifier(model=model, random_state=0, cache_dir=tmp_path, **FAST).fit(X, y)
-    np.testing.assert_allclose(a.transform(X), b.transform(X), atol=1e-6)
+    np.testing.assert_allclose(a.embed(X), b.embed(X), atol=1e-6)
     np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
 
 

@@ -148,7 +148,7 @@ class _TiRexEstimator(BaseEstimator):
         check_is_fitted(self, ["head_", "n_channels_"])
         return self._embed(self._collection(X))
 
-    def transform(self, X) -> np.ndarray:
+    def embed(self, X) -> np.ndarray:
         """The embeddings the head sees: (n_cases, n_channels * embedding size) float32."""
         return self._features(X)
 
@@ -295,9 +295,15 @@ class TiRexRegressor(RegressorMixin, _TiRexEstimator):
 
 def _as_labels(y, n_cases: int) -> np.ndarray:
     if y is None:
-        raise ValueError("y is None; fit needs one label per case")
+        raise ValueError("this estimator requires y to be passed, but the target y is None; pass one label per case")
     y = np.asarray(y.detach().cpu() if hasattr(y, "detach") else y)
-    if y.ndim == 2 and 1 in y.shape:
+    if y.ndim == 2 and y.shape[1] == 1:
+        import warnings
+
+        from sklearn.exceptions import DataConversionWarning
+
+        warnings.warn("y is a column vector (n_cases, 1); it was flattened to (n_cases,)", DataConversionWarning,
+                      stacklevel=4)
         y = y.ravel()
     if y.ndim != 1:
         raise ValueError(f"y must be 1-D with one label per case, got shape {y.shape}")

@@ -252,6 +252,8 @@ def to_collection(X: Any, what: str = "X", allow_inf: bool = True, allow_empty_c
     Every case needs the same number of channels. ``allow_inf=False`` rejects inf instead of treating it as
     missing; ``allow_empty_cases=False`` rejects a case without a single observed value.
     """
+    if (type(X).__module__ or "").startswith("scipy.sparse"):
+        raise TypeError(f"{what} is a sparse matrix; sparse input is not supported, pass a dense array (X.toarray())")
     if isinstance(X, (str, bytes, dict)):
         raise TypeError(f"{what} of type {type(X).__name__} is not a collection; pass a 2-D or 3-D array or a list of cases")
     if isinstance(X, (list, tuple)):
@@ -270,9 +272,10 @@ def to_collection(X: Any, what: str = "X", allow_inf: bool = True, allow_empty_c
         elif arr.ndim == 2:
             items = [row[None] for row in arr]
         else:
+            hint = "; Reshape your data: X[None] for a single univariate case" if arr.ndim == 1 else ""
             raise ValueError(
                 f"{what} must be a 3-D (n_cases, n_channels, n_timepoints) or 2-D (n_cases, n_timepoints) array, "
-                f"or a list of (n_channels, n_timepoints) arrays; got a {arr.ndim}-D array of shape {arr.shape}"
+                f"or a list of (n_channels, n_timepoints) arrays; got a {arr.ndim}-D array of shape {arr.shape}{hint}"
             )
     if not items:
         raise ValueError(f"{what} is an empty collection; pass at least one case")
