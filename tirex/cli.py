@@ -1,4 +1,4 @@
-"""Command line: ``tirex forecast | demo | eval | pretrain | finetune | serve`` (also ``python -m tirex``).
+"""Command line: ``tirex forecast | demo | eval | pretrain | finetune | serve | classify`` (also ``python -m tirex``).
 
 Exit codes: 0 success, 2 a problem with the input or options (one line on stderr says what and
 how to fix it), 1 an unexpected failure.
@@ -110,12 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("pretrain", "tirex_pretraining.cli", "pretrain a model with Lightning"),
         ("finetune", "tirex_pretraining.finetune_cli", "fine-tune a model on your own series"),
         ("serve", "tirex.serve.cli", "run the forecast server (HTTP + MCP)"),
+        ("classify", "tirex.classify_cli", "classify or regress whole series with TiRex embeddings"),
     ):
         try:
             mod = __import__(module, fromlist=["add_subparser"])
             mod.add_subparser(sub)
         except ImportError as exc:
-            extra = {"eval": "eval", "serve": "serve"}.get(name, "pretrain")
+            extra = {"eval": "eval", "serve": "serve", "classify": "classification"}.get(name, "pretrain")
             p = sub.add_parser(name, help=f"{what} (unavailable: {exc.name} is not installed)")
             p.set_defaults(unavailable=f"`tirex {name}` needs {exc.name}; install the extra: pip install 'tirex[{extra}]'")
     return parser

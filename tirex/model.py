@@ -49,6 +49,7 @@ class TiRexModel(nn.Module):
         states: list[SLSTMState] | None = None,
         return_states: bool = False,
         last_tokens: int | None = None,
+        return_hidden: bool = False,
     ):
         """Scaled quantiles of the patch after each token.
 
@@ -56,6 +57,8 @@ class TiRexModel(nn.Module):
             tokens: (batch, tokens, 2 * patch_size) from ``patch_tokens``.
             states: per-block starting states (a continued stream), or None for a fresh sequence.
             last_tokens: apply the quantile head to the last ``last_tokens`` tokens only (None = all).
+            return_hidden: return the output of every block instead of quantiles (no head; see
+                ``tirex.embedding``): a list of ``num_blocks`` (batch, tokens, embed) float32 tensors.
         Returns:
             (batch, tokens, quantiles, patch_size); with ``return_states`` also the final per-block states.
         """
@@ -65,12 +68,16 @@ class TiRexModel(nn.Module):
         dtype = self.blocks[0].slstm.matmul_dtype if len(self.blocks) else torch.float32
         with inference.workspace() if fast else nullcontext():
             h = inference.residual_block(tokens, self.patch_embedding, dtype) if fast else self.patch_embedding(tokens)
-            new_states = []
+            new_states, hidden = [], []
             for i, block in enumerate(self.blocks):
                 # the last block's feed-forward only needs the tokens the head will read
-                keep = last_tokens if i == len(self.blocks) - 1 else None
+                keep = last_tokens if i == len(self.blocks) - 1 and not return_hidden else None
                 h, state = block(h, None if states is None else states[i], keep_last=keep)
                 new_states.append(state)
+                if return_hidden:  # a copy: the fast path reuses the residual-stream buffers
+                    hidden.append(h.clone())
+            if return_hidden:
+                return hidden
             if last_tokens is not None:
                 h = h[:, -last_tokens:]
             if fast:
@@ -217,6 +224,39 @@ class TiRexModel(nn.Module):
             self, context, prediction_length, quantile_levels, batch_size, rollout_steps,
             max_masked_fraction, output_type, progress, **frame_kwargs,
         )
+
+    def embed(self, data, diff: bool = True, statistics: bool = True, segments: int = 8, resolutions=(1, 2, 4),
+              batch_size: int = 256, per_channel: bool = False, output_type: str | None = None,
+              progress: bool = False, **frame_kwargs):
+        """A fixed-length vector per series, for classification, regression and similarity search.
+
+        The vector (``tirex.embedding`` has the recipe, after Auer et al. 2025, arXiv 2510.26777) holds the
+        output of every block averaged over the patches that hold data, standardised per block; with
+        ``diff`` the same for the first differences, with ``statistics`` mean/std/min/max of ``segments``
+        equal parts of the raw series and its log length; all of it (less the statistics) also for the series
+        stretched in time by each factor in ``resolutions`` (``(1,)`` = the paper's recipe, 7x cheaper).
+        Series longer than the context are embedded window by window and averaged. NaN = missing.
+        Results do not depend on ``batch_size``.
+
+        Args:
+            data: what ``forecast`` accepts (1-D/2-D array or tensor, list of 1-D series, pandas Series,
+                long DataFrame, GluonTS dataset), or a multivariate collection: a 3-D array
+                (cases, channels, time) or a list of 2-D (channels, time) arrays; channels are embedded
+                separately and concatenated (``per_channel=True``: kept on their own axis).
+
+        Returns:
+            (n, size) numpy for numpy input, torch otherwise (``output_type`` to choose); (n, channels, size)
+            with ``per_channel``; a vector for a pandas Series; a DataFrame indexed by id for a DataFrame.
+
+        Example:
+            >>> model.embed(np.random.randn(5, 300)).shape   # bundled model: 3 resolutions x 2 x 3 blocks x 192 + 33
+            (5, 3489)
+        """
+        from .embedding import embed
+
+        return embed(self, data, diff=diff, statistics=statistics, segments=segments, resolutions=resolutions,
+                     batch_size=batch_size, per_channel=per_channel, output_type=output_type, progress=progress,
+                     **frame_kwargs)
 
     def finetune(self, data, prediction_length: int, **kwargs) -> "TiRexModel":
         """Fine-tune a copy of this model on ``data`` (needs ``pip install 'tirex[pretrain]'``).
