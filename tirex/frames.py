@@ -1,4 +1,4 @@
-"""Output adapters for pandas and GluonTS inputs."""
+"""Output adapters for pandas and GluonTS inputs; their data are validated by ``tirex.io`` / ``tirex.validation``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pandas as pd
 import torch
 
 from .forecast import forecast_tensors
-from .inputs import to_series_list
-from .io import ID_CANDIDATES, TARGET_CANDIDATES, TIME_CANDIDATES, parse_timestamps
+from .io import InputError, future_timestamps, validate_table
+from .validation import as_float_array, to_series_list
 
 
 def level_name(q: float) -> str:
@@ -18,42 +18,29 @@ def level_name(q: float) -> str:
     return f"{q:g}"
 
 
-def _future_index(index: pd.Index, horizon: int, what: str) -> pd.Index:
-    if isinstance(index, pd.DatetimeIndex):
-        freq = index.freq or (pd.infer_freq(index) if len(index) >= 3 else None)
-        if freq is None:
-            raise ValueError(
-                f"{what}: cannot infer a frequency from the timestamps (irregular or fewer than 3); "
-                "resample to a regular frequency first"
-            )
-        return pd.date_range(index[-1], periods=horizon + 1, freq=freq)[1:]
-    if isinstance(index, pd.PeriodIndex):
-        return pd.period_range(index[-1] + 1, periods=horizon, freq=index.freq)
-    if isinstance(index, pd.RangeIndex) or pd.api.types.is_integer_dtype(index):
-        step = index[1] - index[0] if len(index) > 1 else 1
-        return pd.Index(index[-1] + step * np.arange(1, horizon + 1))
-    raise ValueError(f"{what}: index of type {type(index).__name__} has no defined future; use a DatetimeIndex")
+def _columns(q: torch.Tensor, mean: torch.Tensor, levels) -> dict[str, np.ndarray]:
+    cols = {"mean": mean.reshape(-1).numpy()}
+    cols.update({level_name(lv): q[:, :, j].reshape(-1).numpy() for j, lv in enumerate(levels)})
+    return cols
 
 
-def forecast_pandas_series(model, series: pd.Series, run: dict) -> pd.DataFrame:
-    """A pandas Series -> DataFrame indexed by the future timestamps, columns ``mean`` and one per level."""
-    values = to_series_list([series.to_numpy()])
-    q, mean = forecast_tensors(model, values, **run)
-    index = _future_index(series.index, run["prediction_length"], "series")
-    cols = {"mean": mean[0].numpy()}
-    cols.update({level_name(lv): q[0, :, j].numpy() for j, lv in enumerate(run["quantile_levels"])})
-    return pd.DataFrame(cols, index=index)
+def forecast_pandas_series(model, series: pd.Series, run: dict, freq: Any = None) -> pd.DataFrame:
+    """A pandas Series -> DataFrame indexed by the future timestamps, columns ``mean`` and one per level.
 
-
-def _pick(df: pd.DataFrame, given: str | None, candidates: tuple[str, ...], what: str) -> str:
-    if given is not None:
-        if given not in df.columns:
-            raise ValueError(f"column {given!r} ({what}) not in the DataFrame; columns are {list(df.columns)}")
-        return given
-    for name in candidates:
-        if name in df.columns:
-            return name
-    raise ValueError(f"no {what} column found (looked for {list(candidates)}); pass {what}_column=...")
+    The index is the time axis, validated like a table's timestamp column (``tirex.io``): a
+    DatetimeIndex (gaps become NaN), a PeriodIndex, dates as text, or integer steps (a RangeIndex).
+    """
+    index = series.index
+    periods = isinstance(index, pd.PeriodIndex)
+    origin = int(index.asi8.min()) if periods and len(index) else 0
+    axis = pd.Index(index.asi8 - origin) if periods else index  # periods: ordinals from 0, an integer axis
+    frame = pd.DataFrame({"timestamp": axis, "target": as_float_array(series.to_numpy(), "series")})
+    table = validate_table(frame, "series", "long", None, "timestamp", "target", freq=freq)
+    future = table.future(run["prediction_length"])[0]
+    q, mean = forecast_tensors(model, to_series_list([table.frame["target"].to_numpy()]), **run)
+    if periods:
+        future = pd.PeriodIndex.from_ordinals(future.to_numpy() + origin, freq=index.freq)
+    return pd.DataFrame(_columns(q, mean, run["quantile_levels"]), index=future)
 
 
 def forecast_dataframe(
@@ -63,40 +50,28 @@ def forecast_dataframe(
     id_column: str | None = None,
     timestamp_column: str | None = None,
     target_column: str | None = None,
+    layout: str = "auto",
+    freq: Any = None,
 ) -> pd.DataFrame:
-    """Long DataFrame (id, timestamp, target) -> long DataFrame of forecasts.
+    """A long (or wide) DataFrame -> long DataFrame of forecasts.
 
-    Output columns: the id column, the timestamp column (future timestamps, at each series' own
-    inferred frequency), ``mean`` and one column per quantile level ("0.1", ...).
+    The table is validated by ``tirex.io.validate_table``, exactly as the command line does with a
+    file: columns and layout detected or given, gaps filled with NaN, rows without an id or with
+    duplicate timestamps refused. Output columns: the id column (``item_id`` without one), the
+    timestamp column (future timestamps, at each series' own frequency), ``mean`` and one column per
+    quantile level ("0.1", ...).
     """
-    id_col = _pick(df, id_column, ID_CANDIDATES, "id")
-    ts_col = _pick(df, timestamp_column, TIME_CANDIDATES, "timestamp")
-    target_col = _pick(df, target_column, TARGET_CANDIDATES, "target")
-    if df.empty:
-        raise ValueError("the DataFrame is empty")
-    if not pd.api.types.is_numeric_dtype(df[target_col]):
-        raise TypeError(f"target column {target_col!r} is not numeric (dtype {df[target_col].dtype})")
-    timestamps = parse_timestamps(df[ts_col])
-    if timestamps.isna().any():
-        raise ValueError(f"timestamp column {ts_col!r} has values that are not timestamps")
-    frame = df.assign(**{ts_col: timestamps}).sort_values([id_col, ts_col], kind="stable")
-    if frame.duplicated([id_col, ts_col]).any():
-        raise ValueError(f"duplicate timestamps within a series in column {ts_col!r}; aggregate them first")
-    ids, contexts, futures = [], [], []
-    for item, group in frame.groupby(id_col, sort=False):
-        index = pd.DatetimeIndex(group[ts_col])
-        futures.append(_future_index(index, run["prediction_length"], f"series {item!r}"))
-        ids.append(item)
-        contexts.append(group[target_col].to_numpy(dtype=np.float64))
-    q, mean = forecast_tensors(model, to_series_list(contexts), **run)
+    table = validate_table(df, "DataFrame", layout, id_column, timestamp_column, target_column, freq)
+    futures = table.future(run["prediction_length"])  # before the model runs: a bad horizon fails fast
+    groups = table.frame.groupby("item_id", sort=False)
+    ids = list(groups.groups)
+    q, mean = forecast_tensors(model, to_series_list([g["target"].to_numpy() for _, g in groups]), **run)
     h = run["prediction_length"]
     out = {
-        id_col: np.repeat(np.asarray(ids, dtype=object), h),
-        ts_col: np.concatenate([f.to_numpy() for f in futures]),
-        "mean": mean.reshape(-1).numpy(),
+        table.id_column if table.id_column is not None else "item_id": np.repeat(np.asarray(ids, dtype=object), h),
+        table.timestamp_column: np.concatenate([f.to_numpy() for f in futures]),
     }
-    for j, lv in enumerate(run["quantile_levels"]):
-        out[level_name(lv)] = q[:, :, j].reshape(-1).numpy()
+    out.update(_columns(q, mean, run["quantile_levels"]))
     return pd.DataFrame(out)
 
 
@@ -107,7 +82,9 @@ def forecast_gluonts(model, dataset: Any, run: dict) -> list:
     entries = list(dataset)
     targets = []
     for i, entry in enumerate(entries):
-        target = np.asarray(entry["target"], dtype=np.float64)
+        if not isinstance(entry, dict) or "target" not in entry:
+            raise InputError(f"dataset entry {i} is not a dict with a 'target'")
+        target = as_float_array(entry["target"], f"dataset entry {i}")
         if target.ndim != 1:
             raise ValueError(
                 f"dataset entry {i} has a {target.ndim}-D target; convert multivariate data to univariate first"
@@ -129,3 +106,6 @@ def forecast_gluonts(model, dataset: Any, run: dict) -> list:
             )
         )
     return forecasts
+
+
+__all__ = ["forecast_dataframe", "forecast_gluonts", "forecast_pandas_series", "future_timestamps", "level_name"]

@@ -7,21 +7,14 @@ from typing import Sequence
 
 import torch
 
+from .validation import check_quantile_levels
+
 _NORMAL = NormalDist()
 
 
 def check_levels(levels: Sequence[float]) -> tuple[float, ...]:
-    """Validate user-requested quantile levels; returns them as a tuple of floats."""
-    try:
-        out = tuple(float(q) for q in levels)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"quantile_levels must be a sequence of numbers, got {levels!r}") from exc
-    if not out:
-        raise ValueError("quantile_levels must not be empty")
-    bad = [q for q in out if not (0.0 < q < 1.0)]
-    if bad:
-        raise ValueError(f"quantile levels must lie strictly between 0 and 1, got {bad}")
-    return out
+    """Validate user-requested quantile levels (``tirex.validation.check_quantile_levels``)."""
+    return check_quantile_levels(levels)
 
 
 def interpolate_quantiles(
@@ -29,12 +22,11 @@ def interpolate_quantiles(
 ) -> torch.Tensor:
     """Quantiles at ``levels`` from quantiles at ``model_levels``.
 
-    The model's quantiles are sorted first (so the result is monotone in the level). Levels
-    inside the model's range are interpolated linearly in the level; levels outside are
-    extrapolated along a normal tail: ``x(q) = x(q_edge) + (z(q) - z(q_edge)) * slope``, where the
-    slope (value per unit of normal z-score) is taken from the two outermost model levels. Asking for
-    exactly the model's own levels returns them untouched (as the reference does, possibly crossing);
-    any other request is monotone in the level.
+    The model's quantiles are sorted first (``forecast`` has already done so; sorting never makes
+    the quantile loss worse), so the result is monotone in the level. Levels inside the model's
+    range are interpolated linearly in the level; levels outside are extrapolated along a normal
+    tail: ``x(q) = x(q_edge) + (z(q) - z(q_edge)) * slope``, where the slope (value per unit of normal
+    z-score) is taken from the two outermost model levels.
 
     Args:
         values: (..., len(model_levels)).
@@ -42,9 +34,9 @@ def interpolate_quantiles(
         (..., len(levels)).
     """
     model_levels = list(model_levels)
-    if list(levels) == model_levels:
-        return values
     srt = values.sort(dim=-1).values
+    if list(levels) == model_levels:
+        return srt
     lv = torch.tensor(model_levels, dtype=values.dtype, device=values.device)
     outs = []
     for q in levels:
