@@ -124,6 +124,25 @@ class ModelForecaster:
         return np.asarray(quantiles), np.asarray(mean)
 
 
+def forecaster_identity(forecaster) -> str:
+    """What makes a forecaster's results what they are: its kind, name and settings, and for our models a
+    fingerprint of the weights. Stored next to each cached result so that a rerun into the same folder
+    with another model (or retrained weights under the same name) recomputes instead of serving them."""
+    if isinstance(forecaster, ModelForecaster):
+        import hashlib
+
+        digest = hashlib.sha256()
+        for key, value in forecaster.model.state_dict().items():
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return f"tirex model {forecaster.name} weights sha256:{digest.hexdigest()[:16]}"
+    if isinstance(forecaster, StatsForecaster):
+        return f"statsforecast {forecaster.name} intervals={forecaster.intervals} max_context={forecaster.max_context}"
+    if isinstance(forecaster, CallableForecaster):  # a function is the model its caller names it
+        return f"callable {forecaster.name}"
+    return f"{type(forecaster).__module__}.{type(forecaster).__qualname__} {getattr(forecaster, 'name', '')}"
+
+
 def fill_missing(y: np.ndarray) -> np.ndarray:
     """Prepare a history for statistical models: drop leading NaNs, forward-fill the rest (all-NaN -> [0.0])."""
     y = np.asarray(y, dtype=np.float64)

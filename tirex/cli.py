@@ -67,8 +67,18 @@ def _print_table(df, levels, max_rows: int = 12) -> None:
             print(group[show].head(max_rows).to_string(index=False))
 
 
+def _horizon(text: str) -> int:
+    from tirex.validation import MAX_PREDICTION_LENGTH
+
+    value = _positive_int(text)
+    if value > MAX_PREDICTION_LENGTH:
+        raise argparse.ArgumentTypeError(f"at most {MAX_PREDICTION_LENGTH:,} steps per call, got {value:,}")
+    return value
+
+
 def _add_forecast_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--horizon", "-H", type=_positive_int, required=True, help="steps to forecast after each series")
+    p.add_argument("--horizon", "-H", type=_horizon, required=True,
+                   help="steps to forecast after each series (at most 100,000)")
     p.add_argument("--quantiles", type=_levels, default=None,
                    help="comma-separated quantile levels in (0, 1) (default: 0.1,0.2,...,0.9)")
     p.add_argument("--model", default=None,
@@ -139,17 +149,19 @@ def _check_plot(path: Path | None) -> None:
 
 
 def cmd_forecast(args) -> int:
-    from tirex.io import read_table, to_long
+    from tirex.io import read_table, validate_table
 
     _check_output(args.output)  # before reading data or loading a model
     _check_plot(args.plot)
-    long = to_long(read_table(args.file), args.file, args.layout, args.id_column, args.timestamp_column,
-                   args.target_column, args.freq)
+    table = validate_table(read_table(args.file), args.file, args.layout, args.id_column, args.timestamp_column,
+                           args.target_column, args.freq)
+    table.future(args.horizon)  # a horizon past pandas' last date fails here, naming the file
+    long = table.frame
     model = _load(args.model, args.device)
     result = model.forecast(long, prediction_length=args.horizon, quantile_levels=args.quantiles,
                             batch_size=args.batch_size, progress=False if args.no_progress else None,
                             keep_sign=args.keep_sign, id_column="item_id", timestamp_column="timestamp",
-                            target_column="target")
+                            target_column="target", freq=args.freq)
     if args.output:
         _write_atomic(result, args.output)
         print(f"wrote {len(result)} rows for {result['item_id'].nunique()} series to {args.output}", file=sys.stderr)

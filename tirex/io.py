@@ -316,11 +316,13 @@ class LongTable:
     id_column: Any
     timestamp_column: Any
     target_column: Any
+    label: str = "DataFrame"
 
     def future(self, horizon: int) -> list[pd.Index]:
         """The forecast timestamps of every series, in the order of ``frame``'s ids."""
         last = self.frame.groupby("item_id", sort=False)["timestamp"].last()
-        return [future_timestamps(stamp, self.freqs[item], horizon, f"series {item!r}") for item, stamp in last.items()]
+        return [future_timestamps(stamp, self.freqs[item], horizon, f"{self.label}: series {item!r}")
+                for item, stamp in last.items()]
 
 
 def _with_time_column(df: pd.DataFrame) -> pd.DataFrame:
@@ -420,7 +422,7 @@ def validate_table(
             raise InputError(f"freq {freq!r} is not a pandas frequency such as 'D', 'h', '15min' or 'MS'") from exc
     frame, freqs = _regular_series(ids, raw_stamps.reset_index(drop=True), values, label, ts, freq,
                                    hint_columns=[c for c in cols if c not in (ts, idc, tgt)] if idc is None else [])
-    return LongTable(frame, freqs, idc, ts, tgt)
+    return LongTable(frame, freqs, idc, ts, tgt, label)
 
 
 def _parse_column(raw: pd.Series, label, ts_name) -> pd.Series:
