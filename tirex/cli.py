@@ -170,7 +170,7 @@ def cmd_forecast(args) -> int:
     if args.plot:
         from tirex.plotting import plot_fan_chart
 
-        plot_fan_chart(long, result, args.plot)
+        plot_fan_chart(long, result, args.plot, value_label=str(table.target_column or "value"))
         print(f"wrote fan chart to {args.plot}", file=sys.stderr)
     return EXIT_OK
 

@@ -115,6 +115,11 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- columns
+def _show(value: Any) -> str:
+    """repr of a value for a message, numpy scalars as plain Python values (5, not np.int64(5))."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def _option(name: str) -> str:
     return f"--{name.replace('_', '-')} (or {name}= in Python)"
 
@@ -214,7 +219,8 @@ def parse_timestamps(values: pd.Series) -> pd.Series:
     if values.notna().any() and as_numbers[values.notna()].notna().all():  # numbers stored as text
         return _numeric_timestamps(as_numbers)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", UserWarning)  # "could not infer format" for the element-wise retry
+        warnings.simplefilter("ignore", FutureWarning)  # mixed offsets: handled right below (utc=True)
         stamps = pd.to_datetime(values, format="ISO8601", errors="coerce")
         if not pd.api.types.is_datetime64_any_dtype(stamps):  # mixed offsets
             stamps = pd.to_datetime(values, format="ISO8601", errors="coerce", utc=True)
@@ -222,7 +228,9 @@ def parse_timestamps(values: pd.Series) -> pd.Series:
         if failed.any():
             retry = pd.to_datetime(values[failed], format="mixed", errors="coerce", utc=stamps.dt.tz is not None)
             stamps = stamps.where(~failed, retry) if pd.api.types.is_datetime64_any_dtype(retry) else stamps
-    return stamps
+    # numbers among dates have no unit pandas could know (it would read them as nanoseconds): not timestamps
+    numbers = values.map(lambda v: isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_)))
+    return stamps.mask(numbers.to_numpy()) if numbers.any() else stamps
 
 
 def future_timestamps(last: Any, freq: Any, horizon: int, what: str = "series") -> pd.Index:
@@ -262,25 +270,30 @@ def _candidate_offsets(index: pd.DatetimeIndex) -> list:
 
 
 def _on_grid(index: pd.DatetimeIndex, freq) -> pd.DatetimeIndex | None:
+    """The regular grid at ``freq`` from the first to the last timestamp if every timestamp lies on it; None if
+    not, or if the grid would be mostly gaps (over 100 slots per timestamp)."""
     try:
+        step = pd.date_range(index[0], periods=2, freq=freq)
+        if (step[1] - step[0]).value * (100 * len(index) + 10_000) < (index[-1] - index[0]).value:  # Python ints
+            return None
         grid = pd.date_range(index[0], index[-1], freq=freq)
     except (ValueError, OverflowError):
         return None
-    if len(grid) > 100 * len(index) + 10_000 or grid[-1] != index[-1] or not index.isin(grid).all():
+    if grid[-1] != index[-1] or not index.isin(grid).all():
         return None
     return grid
 
 
-def _datetime_grid(index: pd.DatetimeIndex, freq, name, label, ts_name):
+def _datetime_grid(index: pd.DatetimeIndex, freq, name, label, ts_name, hint=""):
     """(grid, frequency) for one series' sorted timestamps; gaps are allowed, irregular spacing is not."""
     if freq is not None:
         grid = _on_grid(index, freq) if len(index) > 1 else index
         if grid is None:
-            raise InputError(f"{label}: series {name!r} has timestamps in column {ts_name!r} that are not on a "
+            raise InputError(f"{label}: series {_show(name)} has timestamps in column {ts_name!r} that are not on a "
                              f"{getattr(freq, 'freqstr', freq)} grid; check the frequency you passed")
         return grid, freq
     if len(index) < 3:
-        raise InputError(f"{label}: series {name!r} has {len(index)} timestamp(s); at least 3 are needed to infer its "
+        raise InputError(f"{label}: series {_show(name)} has {len(index)} timestamp(s); at least 3 are needed to infer its "
                          f"frequency (or pass the frequency: {_option('freq')})")
     inferred = pd.infer_freq(index)
     if inferred is not None:
@@ -289,18 +302,18 @@ def _datetime_grid(index: pd.DatetimeIndex, freq, name, label, ts_name):
         grid = _on_grid(index, candidate)
         if grid is not None:
             return grid, to_offset(candidate) if isinstance(candidate, str) else candidate
-    raise InputError(f"{label}: series {name!r} has irregular timestamps in column {ts_name!r}; resample it to a "
-                     f"regular frequency (or pass the frequency: {_option('freq')})")
+    raise InputError(f"{label}: series {_show(name)} has irregular timestamps in column {ts_name!r}; resample it to a "
+                     f"regular frequency (or pass the frequency: {_option('freq')}){hint}")
 
 
-def _integer_grid(steps: np.ndarray, freq, name, label, ts_name):
+def _integer_grid(steps: np.ndarray, freq, name, label, ts_name, hint=""):
     if freq is not None and not isinstance(freq, (int, np.integer)):
         raise InputError(f"{label}: column {ts_name!r} holds integer steps, so the frequency must be an integer step, got {freq!r}")
     diffs = np.diff(steps)
     step = int(freq) if freq is not None else (int(diffs.min()) if len(diffs) else 1)
     if step <= 0 or np.any(diffs % step):
-        raise InputError(f"{label}: series {name!r} has irregular integer steps in column {ts_name!r}; "
-                         "resample it to a regular step")
+        raise InputError(f"{label}: series {_show(name)} has irregular integer steps in column {ts_name!r}; "
+                         f"resample it to a regular step{hint}")
     return np.arange(steps[0], steps[-1] + step, step, dtype=np.int64), step
 
 
@@ -321,7 +334,7 @@ class LongTable:
     def future(self, horizon: int) -> list[pd.Index]:
         """The forecast timestamps of every series, in the order of ``frame``'s ids."""
         last = self.frame.groupby("item_id", sort=False)["timestamp"].last()
-        return [future_timestamps(stamp, self.freqs[item], horizon, f"{self.label}: series {item!r}")
+        return [future_timestamps(stamp, self.freqs[item], horizon, f"{self.label}: series {_show(item)}")
                 for item, stamp in last.items()]
 
 
@@ -431,7 +444,8 @@ def _parse_column(raw: pd.Series, label, ts_name) -> pd.Series:
     if bad.any():
         example = raw[bad].iloc[0]
         raise InputError(f"{label}: column {ts_name!r} has {int(bad.sum())} value(s) that are not timestamps, e.g. "
-                         f"{example!r} is not a timestamp; use ISO dates like 2024-01-31, epoch seconds or integer steps")
+                         f"{_show(example)} is not a timestamp; use ISO dates like 2024-01-31, epoch seconds or integer "
+                         "steps (one kind per column)")
     if pd.api.types.is_datetime64_any_dtype(stamps):
         try:
             stamps = stamps.dt.as_unit("ns")
@@ -441,6 +455,9 @@ def _parse_column(raw: pd.Series, label, ts_name) -> pd.Series:
 
 
 def _regular_series(ids, raw_stamps, values, label, ts_name, freq, hint_columns):
+    # without an id column, several series stacked in one table look like one series with duplicate or
+    # irregular timestamps: name the column that may hold the ids
+    hint = f" (if column {hint_columns[0]!r} names the series, pass {_option('id_column')})" if hint_columns else ""
     stamps = _parse_column(raw_stamps, label, ts_name)
     datetime_axis = pd.api.types.is_datetime64_any_dtype(stamps)
     keys = pd.DatetimeIndex(stamps).asi8 if datetime_axis else stamps.to_numpy(dtype=np.int64)
@@ -451,9 +468,8 @@ def _regular_series(ids, raw_stamps, values, label, ts_name, freq, hint_columns)
     if same.any():
         at = int(np.flatnonzero(same)[0])
         stamp = pd.Timestamp(keys[at]) if datetime_axis else keys[at]
-        hint = (f" (if column {hint_columns[0]!r} names the series, pass {_option('id_column')})" if hint_columns else "")
-        raise InputError(f"{label}: duplicate timestamp {stamp} in series {uniques[codes[at]]!r} (column {ts_name!r}); "
-                         f"aggregate or drop duplicates{hint}")
+        raise InputError(f"{label}: duplicate timestamp {stamp} in series {_show(uniques[codes[at]])} (column "
+                         f"{ts_name!r}); aggregate or drop duplicates{hint}")
     bounds = np.flatnonzero(np.diff(codes)) + 1
     tz = stamps.dt.tz if datetime_axis else None
     parts, freqs = [], {}
@@ -462,10 +478,10 @@ def _regular_series(ids, raw_stamps, values, label, ts_name, freq, hint_columns)
         if datetime_axis:
             index = pd.DatetimeIndex(key_part.astype("datetime64[ns]")).tz_localize("UTC").tz_convert(tz) if tz else \
                 pd.DatetimeIndex(key_part.astype("datetime64[ns]"))
-            grid, freqs[name] = _datetime_grid(index, freq, name, label, ts_name)
+            grid, freqs[name] = _datetime_grid(index, freq, name, label, ts_name, hint)
             positions = grid.get_indexer(index)
         else:
-            grid, freqs[name] = _integer_grid(key_part, freq, name, label, ts_name)
+            grid, freqs[name] = _integer_grid(key_part, freq, name, label, ts_name, hint)
             positions = ((key_part - grid[0]) // freqs[name]).astype(np.int64)
         target = np.full(len(grid), np.nan)
         target[positions] = value_part

@@ -44,18 +44,17 @@ def _format_time_axis(ax, stamps: pd.Series) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(nbins=7, integer=True))
 
 
-def plot_fan_chart(history: pd.DataFrame, forecast: pd.DataFrame, path: str | Path, history_points: int = 200,
-                   value_label: str = "value") -> Path:
-    """Draw one panel per series (stacked; two columns from five series on) and save the image.
+def fan_chart_figure(history: pd.DataFrame, forecast: pd.DataFrame, history_points: int = 200,
+                     value_label: str = "value"):
+    """A matplotlib figure with one panel per series (stacked; two columns from five series on, an odd
+    last panel spanning both, so no cell is empty), labelled axes and date ticks that do not collide.
 
     Args:
         history: long frame with ``item_id``, ``timestamp``, ``target``.
         forecast: long frame from ``forecast`` with ``item_id``, ``timestamp`` and the columns
             "0.1", "0.2", "0.5", "0.8", "0.9" (missing bands are skipped).
-        path: the image; its suffix picks the format (``check_plot_path``).
         value_label: the y-axis label.
     """
-    fmt = check_plot_path(path)
     plt = _matplotlib()
     ids = list(dict.fromkeys(forecast["item_id"]))
     ncols = 1 if len(ids) <= 4 else 2
@@ -81,6 +80,15 @@ def plot_fan_chart(history: pd.DataFrame, forecast: pd.DataFrame, path: str | Pa
         ax.set_ylabel(value_label)
         ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
+    return fig
+
+
+def plot_fan_chart(history: pd.DataFrame, forecast: pd.DataFrame, path: str | Path, history_points: int = 200,
+                   value_label: str = "value") -> Path:
+    """Draw ``fan_chart_figure`` and save it atomically; the suffix of ``path`` picks the format (``check_plot_path``)."""
+    fmt = check_plot_path(path)
+    plt = _matplotlib()
+    fig = fan_chart_figure(history, forecast, history_points, value_label)
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=fmt))
     finally:
