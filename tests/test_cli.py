@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from tirex.cli import main
 
@@ -105,6 +106,10 @@ def test_bad_options_exit_2(tmp_path, model_dir, capsys):
     assert exc.value.code == 2
     assert main(["forecast", str(src), "-H", "3", "--model", str(tmp_path / "nope")]) == 2
     assert "unknown model source" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["forecast", str(src), "-H", "3", "--model", model_dir, "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert "cuda" in err and "AssertionError" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_module_entry_point_help():

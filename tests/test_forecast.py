@@ -289,6 +289,7 @@ def test_horizon_cap_linear_cost_warning_and_progress_bar(model, capsys):
     (lambda m: m.forecast(sine(), 5, max_masked_fraction=0.0), ValueError, "max_masked_fraction"),
     (lambda m: m.forecast(sine(), 5, id_column="x"), TypeError, "only for pandas"),
     (lambda m: m.forecast({"a": sine()}, 5), TypeError, "dict"),
+    (lambda m: m.forecast(np.array([1.7e308, -1.7e308] * 50), 8), ValueError, "overflows float64"),
 ])
 def test_more_bad_input_is_named(model, call, error, match):
     with pytest.raises(error, match=match):

@@ -235,3 +235,22 @@ def test_a_file_that_is_not_comma_separated_gets_a_hint(tmp_path):
         one_column = pd.DataFrame({"timestamp|target": ["2024-01-01|1"]})
     with pytest.raises(InputError, match="separated by something other than commas"):
         to_long(one_column.rename(columns={"timestamp|target": "when;value"}))
+
+
+def test_readme_bad_input_table_is_covered_by_tests():
+    """Every row of README's "Bad input" table names tests that exist; the table has at least 40 rows."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("### Bad input"):readme.index("## Fine-tuning on your own data")]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| **")][2:]
+    assert len(rows) >= 40
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split(" | ")]
+        refs = [r.strip(" `") for r in cells[-1].split(",")]
+        assert refs and all("::" in r for r in refs), row
+        for ref in refs:
+            module, name = ref.split("::")
+            source = (root / "tests" / f"{module}.py").read_text()
+            assert f"def {name}(" in source, f"{ref} (README row: {cells[0]})"
