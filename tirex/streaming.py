@@ -60,7 +60,11 @@ class Stream:
     @torch.no_grad()
     def update(self, values) -> None:
         """Append new observations, (batch, n) or (n,) for a single series; NaN marks missing values."""
-        values = (check_update(values, self.loc.shape[0]) / self.factors).float()
+        values = check_update(values, self.loc.shape[0]) / self.factors
+        if bool((values.abs() > torch.finfo(torch.float32).max).any()):
+            raise ValueError("update values are far beyond the magnitude of the stream's initial context (they overflow "
+                             "the scaling fitted on it); start a new stream with a context that includes such values")
+        values = values.float()
         buf = torch.cat([self.partial, values], dim=1)
         full = buf.shape[1] // self.patch_size * self.patch_size
         if full:

@@ -11,8 +11,8 @@ the model) only ever sees its output. The layer has two modules:
       for missing values -> list of 1-D float64 tensors, NaN = missing.
     - ``check_update(values, batch)``: new observations for a ``Stream``.
 - ``tirex.io``: tables (pandas DataFrames and the rows of CSV / Parquet files, long or wide):
-  ``read_table``, ``to_long`` (-> validated long frame on a regular time grid), ``parse_timestamps``,
-  ``future_timestamps``.
+  ``read_table``, ``to_long`` / ``validate_table`` (-> validated long frame on a regular time grid), with
+  the time axis from ``tirex.timestamps`` (``parse_timestamps``, ``future_timestamps``).
 
 Errors are ``ValueError`` or ``TypeError`` raised before any model work, with a message naming the
 series or column and saying what to do. ``InputError`` (a ``ValueError``) is the table layer's error;
@@ -41,6 +41,17 @@ class InputError(ValueError):
 
 class InputTypeError(InputError, TypeError):
     """Data of the wrong kind (text where numbers are needed); both a ``ValueError`` and a ``TypeError``."""
+
+
+# ---------------------------------------------------------------------------------------------- messages
+def show_value(value: Any) -> str:
+    """repr of a value for a message, numpy scalars as plain Python values (5, not np.int64(5))."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def option_hint(name: str) -> str:
+    """How to pass a setting, on the command line and in Python: ``--id-column (or id_column= in Python)``."""
+    return f"--{name.replace('_', '-')} (or {name}= in Python)"
 
 
 # ---------------------------------------------------------------------------------------------- settings
