@@ -29,7 +29,8 @@ def power_of_two_scale(series: torch.Tensor) -> float:
     peak = float(finite.abs().max())
     if peak == 0.0 or 2.0**-40 <= peak <= 2.0**40:
         return 1.0
-    return 2.0 ** math.floor(math.log2(peak))
+    _, exponent = math.frexp(peak)  # peak = m * 2**exponent, 0.5 <= m < 1 (exact, unlike log2 near 2**1024)
+    return math.ldexp(1.0, exponent - 1)
 
 
 def pad_batch(series: list[torch.Tensor]) -> torch.Tensor:

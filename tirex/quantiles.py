@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from statistics import NormalDist
 from typing import Sequence
 
@@ -37,7 +38,6 @@ def interpolate_quantiles(
     srt = values.sort(dim=-1).values
     if list(levels) == model_levels:
         return srt
-    lv = torch.tensor(model_levels, dtype=values.dtype, device=values.device)
     outs = []
     for q in levels:
         if q in model_levels:
@@ -51,7 +51,12 @@ def interpolate_quantiles(
             z_edge = _NORMAL.inv_cdf(model_levels[edge])
             outs.append(srt[..., edge] + (_NORMAL.inv_cdf(q) - z_edge) * slope)
             continue
-        j = int(torch.searchsorted(lv, torch.tensor(q, dtype=values.dtype)).item())
+        j = bisect.bisect_left(model_levels, q)
         w = (q - model_levels[j - 1]) / (model_levels[j] - model_levels[j - 1])
-        outs.append(srt[..., j - 1] * (1 - w) + srt[..., j] * w)
-    return torch.stack(outs, dim=-1)
+        outs.append(srt[..., j - 1] + w * (srt[..., j] - srt[..., j - 1]))
+    out = torch.stack(outs, dim=-1)
+    # rounding can put an interpolated value a unit in the last place past its neighbour (e.g. between two
+    # equal quantiles): sorting in the order of the levels keeps the result monotone in the level
+    order = sorted(range(len(levels)), key=lambda i: levels[i])
+    out[..., order] = out[..., order].sort(dim=-1).values
+    return out

@@ -184,8 +184,8 @@ def _object_to_float(arr: np.ndarray, what: str) -> np.ndarray:
         else:
             kind = "text" if isinstance(value, (str, bytes)) else f"a {type(value).__name__}"
             raise TypeError(
-                f"{what} is non-numeric: it holds {kind} ({value!r}) where numbers are needed; pass numbers, with NaN or None for "
-                "missing values" + (" (convert numeric text first, e.g. with float())" if kind == "text" else "")
+                f"{what} is non-numeric: it holds {kind} ({value!r}) where numbers are needed; pass numbers, with NaN "
+                "or None for missing values" + (" (convert numeric text first, e.g. with float())" if kind == "text" else "")
             )
     return out
 
@@ -217,8 +217,8 @@ def as_float_array(values: Any, what: str = "context") -> np.ndarray:
     if kind in "US":
         example = arr.reshape(-1)[0] if arr.size else ""
         raise TypeError(
-            f"{what} is non-numeric: it holds text (dtype {arr.dtype}, e.g. {str(example)!r}); pass numbers (convert numeric text first, "
-            "e.g. np.asarray(x, dtype=float))"
+            f"{what} is non-numeric: it holds text (dtype {arr.dtype}, e.g. {str(example)!r}); pass numbers "
+            "(convert numeric text first, e.g. np.asarray(x, dtype=float))"
         )
     if kind in "mM":
         raise TypeError(f"{what} holds datetimes/timedeltas (dtype {arr.dtype}); pass the values, not the timestamps")
