@@ -3,7 +3,7 @@
 Data sources, in order: ``data_dir`` (``DATA_DIR/<task name>/*.parquet`` or ``*.arrow``, e.g. the offline
 suite's folder), else fev's own rules: ``FEV_DATASETS_PREFIX=DIR`` loads ``DIR/<config>/*.parquet``, otherwise the
 Hugging Face Hub (``autogluon/chronos_datasets``). Each task's fev summary is written to
-``OUTPUT_DIR/tasks/<task>.json`` as soon as it finishes (atomically); a rerun skips finished tasks.
+``OUTPUT_DIR/tasks/<model>/<task>.json`` as soon as it finishes (atomically); a rerun skips finished tasks.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from .forecasters import Forecaster, make_forecaster, validate_forecast
-from .io_utils import atomic_write_csv, atomic_write_json, safe_name
+from .forecasters import Forecaster, forecaster_identity, make_forecaster, validate_forecast
+from .io_utils import atomic_write_csv, atomic_write_json, load_cached, safe_name
 
 
 def _data_file(name: str) -> Path:
@@ -91,17 +91,21 @@ def run_chronos_benchmark(
     """Evaluate ``model`` (anything ``make_forecaster`` accepts) on the Chronos Benchmark II tasks.
 
     Returns one row per finished task (fev summary columns incl. ``MASE`` and ``WQL``) and writes
-    ``OUTPUT_DIR/results.csv``. Finished tasks found in ``OUTPUT_DIR/tasks/`` are loaded, not rerun.
+    ``OUTPUT_DIR/results.csv``. Results are kept per model and task (``OUTPUT_DIR/tasks/<model>/<task>.json``,
+    with the forecaster's identity, ``forecaster_identity``): finished tasks of the same model are loaded,
+    not rerun; those of another model are never served for this one.
     """
     forecaster = make_forecaster(model, name=model_name)
     name = model_name or forecaster.name
+    identity = forecaster_identity(forecaster)
     configs = select_tasks(task_configs or load_task_configs(), tasks)
-    task_dir = Path(output_dir) / "tasks"
+    task_dir = Path(output_dir) / "tasks" / safe_name(name)  # keyed by model and task
     summaries = []
     for config in tqdm(configs, desc=f"{name}: tasks", disable=not progress):
         path = task_dir / f"{safe_name(config['task_name'])}.json"
-        if path.exists():
-            summaries.append(json.loads(path.read_text()))
+        cached = load_cached(path, identity)
+        if cached is not None:
+            summaries.append(cached)
             continue
         task = make_task(config, data_dir)
         start = time.monotonic()
@@ -109,6 +113,7 @@ def run_chronos_benchmark(
         elapsed = time.monotonic() - start
         summary = task.evaluation_summary(predictions, model_name=name, inference_time_s=elapsed)
         summary["task_name"] = config["task_name"]
+        summary["model_identity"] = identity
         atomic_write_json(path, summary)
         summaries.append(json.loads(path.read_text()))
         atomic_write_csv(Path(output_dir) / "results.csv", pd.DataFrame(summaries))

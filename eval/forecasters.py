@@ -154,6 +154,22 @@ class RayForecaster:
 ENGINES = ("local", "ray")
 
 
+def forecaster_identity(forecaster) -> str:
+    """What makes a forecaster's results what they are: its kind, name and settings, and for our models a
+    fingerprint of the weights. Stored next to each cached result so that a rerun into the same folder
+    with another model (or retrained weights under the same name) recomputes instead of serving them."""
+    if isinstance(forecaster, (ModelForecaster, RayForecaster)):  # the same model gives the same results on either engine
+        from tirex.distributed.engine import model_digest
+
+        digest = forecaster.shipped.digest if isinstance(forecaster, RayForecaster) else model_digest(forecaster.model)
+        return f"tirex model {forecaster.name} weights sha256:{digest[:16]}"
+    if isinstance(forecaster, StatsForecaster):
+        return f"statsforecast {forecaster.name} intervals={forecaster.intervals} max_context={forecaster.max_context}"
+    if isinstance(forecaster, CallableForecaster):  # a function is the model its caller names it
+        return f"callable {forecaster.name}"
+    return f"{type(forecaster).__module__}.{type(forecaster).__qualname__} {getattr(forecaster, 'name', '')}"
+
+
 def fill_missing(y: np.ndarray) -> np.ndarray:
     """Prepare a history for statistical models: drop leading NaNs, forward-fill the rest (all-NaN -> [0.0])."""
     y = np.asarray(y, dtype=np.float64)

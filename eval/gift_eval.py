@@ -24,8 +24,8 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from .forecasters import QUANTILE_LEVELS, make_forecaster, validate_forecast
-from .io_utils import atomic_write_csv, atomic_write_json, safe_name
+from .forecasters import QUANTILE_LEVELS, forecaster_identity, make_forecaster, validate_forecast
+from .io_utils import atomic_write_csv, atomic_write_json, load_cached, safe_name
 from .metrics import GIFT_METRICS, gift_eval_metrics, seasonal_error
 
 CONFIGS_CSV = Path(str(resources.files(__package__) / "data" / "gift_eval_configs.csv"))
@@ -184,9 +184,14 @@ def model_config_json(model_name: str, **overrides) -> dict:
     return config
 
 
-def collect_results(output_dir: str | Path, order: Sequence[str] | None = None) -> pd.DataFrame:
-    """All finished configuration rows under ``output_dir/configs`` as an all_results.csv frame."""
-    rows = [json.loads(p.read_text()) for p in sorted((Path(output_dir) / "configs").glob("*.json"))]
+def collect_results(output_dir: str | Path, order: Sequence[str] | None = None, model_name: str | None = None,
+                    identity: str | None = None) -> pd.DataFrame:
+    """Finished configuration rows under ``output_dir/configs/<model>`` (all models without ``model_name``)
+    as an all_results.csv frame; with ``identity``, only rows that this forecaster made."""
+    folder = Path(output_dir) / "configs"
+    paths = sorted((folder / safe_name(model_name)).glob("*.json") if model_name else folder.glob("*/*.json"))
+    rows = [json.loads(p.read_text()) for p in paths]
+    rows = [r for r in rows if identity is None or r.get("model_identity") == identity]
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     if order is not None:
         rank = {name: i for i, name in enumerate(order)}
@@ -206,12 +211,14 @@ def run_gift_eval(
 ) -> pd.DataFrame:
     """Evaluate ``model`` (anything ``make_forecaster`` accepts) on GIFT-Eval configurations.
 
-    Finished configurations (``OUTPUT_DIR/configs/*.json``) are skipped; every finished one is written at once
+    Finished configurations of the same model (``OUTPUT_DIR/configs/<model>/*.json``, checked against
+    ``forecaster_identity``) are skipped; every finished one is written at once
     and all_results.csv is rewritten, so an interrupted run loses at most the configuration in progress.
     Returns the all_results.csv frame.
     """
     forecaster = make_forecaster(model, name=model_name)
     name = model_name or forecaster.name
+    identity = forecaster_identity(forecaster)
     selected = select_configs(configs, configs_csv)
     output_dir = Path(output_dir)
     if not Path(data_dir).is_dir():
@@ -219,14 +226,14 @@ def run_gift_eval(
     atomic_write_json(output_dir / "config.json", model_config_json(name, **(config_json or {})))
     order = [c.name for c in load_configs(configs_csv).values()]
     for config in tqdm(selected, desc=f"{name}: GIFT-Eval", disable=not progress):
-        path = output_dir / "configs" / f"{safe_name(config.name)}.json"
-        if path.exists():
+        path = output_dir / "configs" / safe_name(name) / f"{safe_name(config.name)}.json"  # keyed by model and config
+        if load_cached(path, identity) is not None:
             continue
         row = evaluate_config(forecaster, config, data_dir)
         row["model"] = name
-        atomic_write_json(path, row)
-        atomic_write_csv(output_dir / "all_results.csv", collect_results(output_dir, order))
-    results = collect_results(output_dir, order)
+        atomic_write_json(path, {**row, "model_identity": identity})
+        atomic_write_csv(output_dir / "all_results.csv", collect_results(output_dir, order, name, identity))
+    results = collect_results(output_dir, order, name, identity)
     if len(results) < len(selected):
         warnings.warn(f"{len(selected) - len(results)} configurations have no results in {output_dir}")
     atomic_write_csv(output_dir / "all_results.csv", results)

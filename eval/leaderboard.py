@@ -16,6 +16,14 @@ BASELINE_GIFT = "seasonal_naive"
 BASELINE_CHRONOS = "seasonal_naive"
 
 
+def own_runs(ours: pd.DataFrame, column: str, baseline: str) -> pd.DataFrame:
+    """Our results with a run of the baseline renamed ``<baseline> (this run)``: it joins the board next to
+    the published baseline instead of replacing it, so every published model keeps its published ratios."""
+    ours = ours.copy()
+    ours[column] = ours[column].where(ours[column] != baseline, f"{baseline} (this run)")
+    return ours
+
+
 def _data_dir() -> Path:
     return Path(str(resources.files(__package__) / "data"))
 
@@ -54,13 +62,15 @@ def gift_leaderboard(
     by the baseline's (Seasonal Naive) on the same configuration; MASE and CRPS are geometric means of those ratios;
     MASE_Rank / CRPS_Rank are the rank within each configuration among all models on the board (ties broken by
     model name order), averaged over configurations. ``results`` (our all_results.csv frames) join the
-    published ones; a model name present in both is replaced by ours.
+    published ones; a model name present in both is replaced by ours, except the baseline: our run of it is
+    shown as ``<baseline> (this run)`` and every ratio stays relative to the published baseline.
 
     Returns one row per model, sorted by CRPS_Rank: model, MASE, CRPS, MASE_Rank, CRPS_Rank, n_configs.
     """
     board = load_gift_published() if published is None else published.copy()
     if results is not None:
         ours = pd.concat([results] if isinstance(results, pd.DataFrame) else list(results), ignore_index=True)
+        ours = own_runs(ours, "model", baseline)
         board = pd.concat([board[~board["model"].isin(ours["model"].unique())], ours], ignore_index=True)
     board = board.drop_duplicates(["model", "dataset"], keep="last").copy()
     for column in (GIFT_MASE, GIFT_CRPS):
@@ -108,12 +118,14 @@ def chronos_leaderboard(
     ``skill_*`` = 1 - geometric mean of those ratios clipped to ``clip`` (fev), ``win_rate_*`` = share of
     (task, other model) pairs with a lower error, ties counting half (fev).
     ``tasks`` restricts the board (e.g. the nine offline tasks); otherwise the tasks of ``results`` are used
-    when given, else all published tasks. A task missing for any model raises.
+    when given, else all published tasks. A task missing for any model raises. ``results`` must come from
+    the same data as the published runs (the offline suite leaves out tasks whose copy differs). Our run
+    of the baseline joins as ``<baseline> (this run)``; it never replaces the published baseline.
     """
     board = load_chronos_published() if published is None else published.copy()
     if results is not None:
         ours = pd.concat([results] if isinstance(results, pd.DataFrame) else list(results), ignore_index=True)
-        ours = ours[["model_name", "task_name", "MASE", "WQL"]]
+        ours = own_runs(ours[["model_name", "task_name", "MASE", "WQL"]], "model_name", baseline)
         board = pd.concat([board[~board["model_name"].isin(ours["model_name"].unique())], ours], ignore_index=True)
         tasks = tasks if tasks is not None else list(ours["task_name"].unique())
     if tasks is not None:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .leaderboard import load_chronos_published
+from .offline import DIFFERENT_FROM_PUBLISHED
 from .suites import run_fev_suite
 
 OFFLINE_TASKS = [
@@ -25,7 +26,7 @@ OFFLINE_TASKS = [
     "monash_m3_yearly", "monash_m3_quarterly", "monash_m3_monthly",
     "monash_tourism_yearly", "monash_tourism_quarterly", "monash_tourism_monthly",
 ]
-MISMATCHED = {"monash_tourism_yearly"}
+MISMATCHED = DIFFERENT_FROM_PUBLISHED  # ours there are divided by the harness Seasonal Naive on the same copy
 PUBLISHED = {"tirex": "TiRex (35M)", "auto_theta": "AutoTheta", "chronos_bolt_base": "Chronos-Bolt-base",
              "auto_ets": "AutoETS", "chronos_bolt_tiny": "Chronos-Bolt-tiny"}
 

@@ -14,7 +14,7 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
     """A GitHub markdown table of ``frame`` (floats rounded to ``digits``)."""
     def cell(value):
         if isinstance(value, float):
-            return f"{value:.{digits}f}"
+            return "-" if value != value else f"{value:.{digits}f}"  # NaN: not available
         return str(value)
 
     header = "| " + " | ".join(map(str, frame.columns)) + " |"

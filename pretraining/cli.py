@@ -43,7 +43,8 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--precision", help="32-true, bf16-mixed, ... (default: bf16-mixed on GPU, 32-true on CPU)")
     p.add_argument("--batch-size", type=int, help="override data.batch_size (per device)")
     p.add_argument("--num-workers", type=int, help="override data.num_workers")
-    p.add_argument("--num-threads", type=int, help="torch CPU threads")
+    p.add_argument("--num-threads", type=int, help="torch CPU threads (default on CPU: 1 on machines with up to 4 "
+                   "CPUs, else the CPUs not already busy; see tirex_pretraining.threads)")
     p.add_argument("--cache-dir", help="where the offline pool cache lives (default ~/.cache/tirex or $TIREX_CACHE)")
     p.add_argument("--seed", type=int, help="override seed")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",

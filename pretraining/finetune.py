@@ -22,10 +22,11 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from tirex import TiRexModel
-from tirex.inputs import check_prediction_length, to_series_list
+from tirex.validation import as_float_array, check_prediction_length, to_series_list
 from tirex.scaling import window
 
-from .callbacks import StopAfter
+from .callbacks import StderrProgressBar, StopAfter
+from .threads import trains_on_cpu, training_threads
 from .module import TiRexPretrainModule
 
 MODES = ("full", "head")
@@ -68,12 +69,14 @@ class FinetuneReport:
         return "\n".join(lines)
 
 
-def series_from_any(data: Any, id_column=None, timestamp_column=None, target_column=None) -> tuple[list, list[np.ndarray]]:
-    """(ids, 1-D float arrays) from the inputs ``forecast`` accepts (arrays, lists, long DataFrame, GluonTS)."""
+def series_from_any(data: Any, id_column=None, timestamp_column=None, target_column=None, layout="auto",
+                    freq=None) -> tuple[list, list[np.ndarray]]:
+    """(ids, 1-D float arrays) from the inputs ``forecast`` accepts (arrays, lists, DataFrames, GluonTS), validated
+    by the same functions as ``forecast`` (``tirex.validation``, ``tirex.io``)."""
     if isinstance(data, pd.DataFrame):
         from tirex.io import to_long
 
-        long = to_long(data, "<DataFrame>", "long", id_column, timestamp_column, target_column)
+        long = to_long(data, "DataFrame", layout, id_column, timestamp_column, target_column, freq)
         groups = list(long.groupby("item_id", sort=False))
         return [k for k, _ in groups], [g["target"].to_numpy(np.float64) for _, g in groups]
     if isinstance(data, (list, tuple)) and data and all(isinstance(e, dict) for e in data) or (
@@ -82,7 +85,8 @@ def series_from_any(data: Any, id_column=None, timestamp_column=None, target_col
         entries = list(data)
         if not all(isinstance(e, dict) and "target" in e for e in entries):
             raise FinetuneError("dataset entries must be dicts with a 'target'")
-        return [e.get("item_id", i) for i, e in enumerate(entries)], [np.asarray(e["target"], np.float64) for e in entries]
+        return ([e.get("item_id", i) for i, e in enumerate(entries)],
+                [s.numpy() for s in to_series_list([as_float_array(e["target"], f"entry {i}") for i, e in enumerate(entries)])])
     series = [s.numpy() for s in to_series_list(data)]
     return list(range(len(series))), series
 
@@ -209,6 +213,7 @@ def finetune(
     progress: bool = True,
     accelerator: str = "auto",
     stop_after_step: int | None = None,
+    num_threads: int | None = None,
     **columns,
 ) -> tuple[TiRexModel, FinetuneReport]:
     """Fine-tune a copy of ``model`` on ``data``; returns the tuned model and a report.
@@ -225,6 +230,9 @@ def finetune(
             interrupted fine-tune continues from ``output_dir/checkpoints/last.ckpt``.
         stop_after_step: stop early at this step, as an interruption would (the schedule still follows
             ``max_steps``); used to test resuming.
+        progress: a progress bar on stderr.
+        num_threads: torch CPU threads while training (default: ``tirex_pretraining.threads.training_threads``,
+            one thread on machines with up to 4 CPUs, so that a shared machine does not slow training down).
 
     Example:
         >>> tuned, report = finetune(model, my_series, prediction_length=24)
@@ -282,7 +290,7 @@ def finetune(
         num_sanity_val_steps=0,
         gradient_clip_val=1.0,
         callbacks=[best_ckpt, EarlyStopping(monitor="val_loss", mode="min", patience=patience)]
-        + ([StopAfter(stop_after_step)] if stop_after_step else []),
+        + ([StopAfter(stop_after_step)] if stop_after_step else []) + ([StderrProgressBar()] if progress else []),
         logger=L.pytorch.loggers.CSVLogger(save_dir=run_dir, name="logs"),
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -291,6 +299,8 @@ def finetune(
         deterministic=False,
     )
     L.seed_everything(seed, verbose=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(training_threads(num_threads, trains_on_cpu(accelerator)))
     try:
         train_loader = torch.utils.data.DataLoader(_Steps(), batch_size=None)
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
@@ -298,6 +308,7 @@ def finetune(
             state = torch.load(best_ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
             tuned.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     finally:
+        torch.set_num_threads(threads)
         if tmp:
             tmp.cleanup()
     tuned = tuned.cpu().eval()

@@ -28,6 +28,13 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted fine-tune in OUTPUT_DIR")
     p.add_argument("--layout", choices=("auto", "long", "wide"), default="auto", help="table layout")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--num-threads", type=int, default=None,
+                   help="torch CPU threads (default: 1 on machines with up to 4 CPUs, else the CPUs not already busy)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it goes to stderr)")
+    p.add_argument("--id-column", default=None, help="series id column (long layout)")
+    p.add_argument("--timestamp-column", default=None, help="timestamp column")
+    p.add_argument("--target-column", default=None, help="value column (long layout)")
+    p.add_argument("--freq", default=None, help="the series' frequency (pandas alias; default: inferred)")
     p.set_defaults(func=run)
     return p
 
@@ -38,13 +45,15 @@ def run(args) -> int:
 
     from .finetune import finetune
 
-    long = to_long(read_table(args.file), args.file, args.layout)
+    long = to_long(read_table(args.file), args.file, args.layout, args.id_column, args.timestamp_column,
+                   args.target_column, args.freq)
     model = load_model(args.model)
     tuned, report = finetune(
         model, long, args.horizon, mode=args.mode, max_steps=args.max_steps, learning_rate=args.learning_rate,
         batch_size=args.batch_size, val_every_n_steps=args.val_every, patience=args.patience,
-        output_dir=args.output_dir, resume=args.resume, seed=args.seed,
-        id_column="item_id", timestamp_column="timestamp", target_column="target",
+        output_dir=args.output_dir, resume=args.resume, seed=args.seed, progress=not args.no_progress,
+        num_threads=args.num_threads, id_column="item_id", timestamp_column="timestamp", target_column="target",
+        freq=args.freq,
     )
     tuned.save_pretrained(args.output_dir / "model")
     print(report)

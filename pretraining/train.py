@@ -24,7 +24,9 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from .callbacks import BestModelFolder, save_model_folder, LossJournal, StopAfter, Throughput, ValidationHistory
+from .callbacks import (BestModelFolder, LossJournal, StderrProgressBar, StopAfter, Throughput, ValidationHistory,
+                        save_model_folder)
+from .threads import trains_on_cpu, training_threads
 from .config import ConfigError, TrainConfig, load_config
 from .datamodule import PretrainDataModule
 from .module import TiRexPretrainModule
@@ -152,10 +154,10 @@ def train(
         if ckpt_path is None or not Path(ckpt_path).is_file():
             raise FileNotFoundError(f"no checkpoint to resume from in {run_dir / 'checkpoints'} (resume={resume!r})")
     threads = torch.get_num_threads()
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
+    num_threads = training_threads(cfg.trainer.num_threads, trains_on_cpu(cfg.trainer.accelerator))
+    torch.set_num_threads(num_threads)
     try:
-        return _fit(cfg, run_dir, ckpt_path, stop_after_step, progress_bar)
+        return {**_fit(cfg, run_dir, ckpt_path, stop_after_step, progress_bar), "num_threads": num_threads}
     finally:
         torch.set_num_threads(threads)
 
@@ -183,7 +185,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, ckpt_path, stop_after_step, progress_b
         num_sanity_val_steps=0,
         inference_mode=False,  # validation runs the training code path (see TiRexPretrainModule.validation_step)
         log_every_n_steps=t.log_every_n_steps,
-        callbacks=_callbacks(cfg, run_dir, stop_after_step),
+        callbacks=_callbacks(cfg, run_dir, stop_after_step) + ([StderrProgressBar()] if progress_bar else []),
         logger=_loggers(run_dir),
         enable_progress_bar=progress_bar,
         enable_model_summary=False,

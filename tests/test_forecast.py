@@ -172,3 +172,144 @@ def test_dataframe_bad_input(model):
         model.forecast(df, prediction_length=2)
     with pytest.raises(ValueError, match="no target column"):
         model.forecast(df.rename(columns={"target": "zzz"}), prediction_length=2)
+
+
+# ---------------------------------------------------------------------------- issue 15: no silent wrong answers
+def pinball(q, y, levels):
+    """Summed pinball loss of quantiles q (..., levels) for outcomes y (...)."""
+    diff = y[..., None] - q
+    lv = torch.tensor(levels, dtype=q.dtype)
+    return torch.maximum(lv * diff, (lv - 1) * diff).sum(-1)
+
+
+def test_quantiles_are_monotone_and_sorting_never_worsens_the_loss(model):
+    """Item 7: the model's own quantiles cross (these random weights cross everywhere); every output is sorted."""
+    ctx = torch.tensor(np.stack([sine(), sine(phase=1) * 5]))
+    raw = model.rollout(ctx.float(), 40)
+    assert (raw.diff(dim=-1) < 0).any()  # the raw model output crosses ...
+    q, mean = model.forecast(ctx, prediction_length=40)
+    assert (q.diff(dim=-1) >= 0).all()  # ... the forecast never does
+    torch.testing.assert_close(q, raw.sort(dim=-1).values)
+    torch.testing.assert_close(mean, q[..., 4])
+    for y in (torch.randn(2, 40) * 20 + 10, raw[..., 0] - 1, raw[..., -1] + 1):
+        assert (pinball(q, y, model.config.quantile_levels) <= pinball(raw, y, model.config.quantile_levels) + 1e-4).all()
+    stream_q, stream_mean = model.stream(ctx).forecast(40)
+    assert (stream_q.diff(dim=-1) >= 0).all() and torch.equal(stream_mean, stream_q[..., 4])
+
+
+def test_keep_sign_keeps_non_negative_series_non_negative(model):
+    counts = np.abs(sine(200, period=7) - 10) * 3  # non-negative, often 0-ish
+    q, mean = model.forecast(counts, prediction_length=40, output_type="torch")
+    assert q.min() < 0  # this untrained model forecasts below zero ...
+    kept, kept_mean = model.forecast(counts, prediction_length=40, output_type="torch", keep_sign=True)
+    assert kept.min() >= 0 and kept_mean.min() >= 0  # ... keep_sign=True does not
+    torch.testing.assert_close(kept, q.clamp(min=0))
+    negative, _ = model.forecast(-counts, prediction_length=40, output_type="torch", keep_sign=True)
+    assert negative.max() <= 0
+    mixed, _ = model.forecast(counts - 5, prediction_length=40, output_type="torch", keep_sign=True)
+    torch.testing.assert_close(mixed, model.forecast(counts - 5, prediction_length=40, output_type="torch")[0])
+
+
+@pytest.mark.parametrize("values", [np.array([1.0, 2.0, 1e39] * 50), np.array([1.0, 2.0, 1e300] * 50),
+                                    np.array([1.0, 2.0, 3.0] * 50) * 1e-300])
+def test_values_beyond_float32_give_a_correct_float64_result(model, values):
+    """Item 1: values beyond float32's range gave an all-inf forecast."""
+    q, mean = model.forecast(values, prediction_length=8)
+    assert q.dtype == np.float64 and np.isfinite(q).all() and np.isfinite(mean).all()
+    scale = 2.0 ** np.floor(np.log2(np.abs(values).max()))
+    reference, _ = model.forecast(values / scale, prediction_length=8)  # exact: a power-of-two rescaling
+    np.testing.assert_allclose(q / scale, reference, rtol=1e-6, atol=1e-6 * np.abs(values / scale).max())
+    stream_q, _ = model.stream(values).forecast(8)
+    assert stream_q.dtype == torch.float64 and torch.isfinite(stream_q).all()
+    q32, _ = model.forecast(values / scale, prediction_length=8)
+    assert q32.dtype == np.float32  # ordinary values keep float32
+
+
+def test_a_nan_forecast_raises_instead_of_being_returned():
+    broken = TiRexModel(ModelConfig(embed_dim=16, num_heads=2, num_blocks=1, input_ff_dim=32, context_length=64)).eval()
+    with torch.no_grad():
+        broken.head.output.weight.fill_(float("nan"))
+    with pytest.raises(RuntimeError, match="non-finite forecast"):
+        broken.forecast(sine(100), prediction_length=4)
+
+
+def test_long_dataframe_row_without_an_id_is_an_error(model):
+    """Item 5: a row with a NaN id was dropped silently and that series' forecast started one step early."""
+    idx = pd.date_range("2024-01-01", periods=40, freq="D")
+    df = pd.DataFrame({"item_id": ["a"] * 40, "timestamp": idx, "target": sine(40)})
+    df.loc[39, "item_id"] = np.nan
+    with pytest.raises(ValueError, match="without a series id"):
+        model.forecast(df, prediction_length=3)
+
+
+def test_dataframe_gaps_are_filled_as_in_the_cli(model):
+    """Item 9: the CLI filled a date gap with missing values, the API refused the same DataFrame."""
+    idx = pd.date_range("2024-01-01", periods=60, freq="D")
+    full = pd.DataFrame({"item_id": "a", "timestamp": idx, "target": sine(60)})
+    gappy = full.drop(index=[20, 21])
+    out = model.forecast(gappy, prediction_length=4)
+    assert out["timestamp"].iloc[0] == idx[-1] + pd.Timedelta(days=1)
+    q, _ = model.forecast(np.where(np.isin(np.arange(60), [20, 21]), np.nan, sine(60)), prediction_length=4)
+    np.testing.assert_allclose(out["0.5"].to_numpy(), q[0, :, 4], atol=1e-5)
+    wide = full.pivot(index="timestamp", columns="item_id", values="target")  # a DatetimeIndex, one column per series
+    q_full, _ = model.forecast(sine(60), prediction_length=4)
+    np.testing.assert_allclose(model.forecast(wide, prediction_length=4)["0.5"], q_full[0, :, 4], atol=1e-5)
+
+
+def test_pandas_series_with_a_period_index_and_gaps(model):
+    periods = pd.period_range("2020-01", periods=48, freq="M")
+    out = model.forecast(pd.Series(sine(48, 12), index=periods).drop(periods[10]), prediction_length=3)
+    assert list(out.index) == list(pd.period_range("2024-01", periods=3, freq="M"))
+    steps = model.forecast(pd.Series(sine(30)), prediction_length=2)
+    assert list(steps.index) == [30, 31]
+
+
+def test_horizon_cap_linear_cost_warning_and_progress_bar(model, capsys):
+    """Item 6: 10**5 or 10**7 steps ran for minutes with no warning, and the cost grew faster than linearly."""
+    with pytest.raises(ValueError, match="maximum of 100,000"):
+        model.forecast(sine(), prediction_length=10**7)
+    widths = []
+    original = model.predict_patches
+
+    def recording(context, num_patches=1):
+        widths.append(context.shape[1])
+        return original(context, num_patches)
+
+    model.predict_patches = recording
+    try:
+        model.forecast(sine(), prediction_length=40 * model.config.context_length, progress=True)
+    finally:
+        del model.predict_patches
+    # every pass reads at most the last window of history, one window of filled-in medians and the masked future:
+    # constant work per pass, so the cost is linear in the horizon (it used to read everything predicted so far)
+    assert max(widths) <= 3 * model.config.context_length
+    assert "forecast" in capsys.readouterr().err  # the progress bar, on stderr
+    with pytest.warns(UserWarning, match="rollout passes"):
+        model.forecast(sine(), prediction_length=2000 * model.config.patch_size)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda m: m.forecast(np.zeros((0, 10)), 5), ValueError, "no series"),  # item 8: torch.cat(): expected a non-empty list
+    (lambda m: m.stream(sine()).update("abc"), TypeError, "non-numeric"),  # item 8: torch's new(): invalid data type
+    (lambda m: m.forecast(np.array(["1.5", "2.5"] * 10), 5), TypeError, "non-numeric"),  # item 9: numeric strings
+    (lambda m: m.forecast(sine(), 5, quantile_levels=["0.1", "0.5"]), TypeError, "numbers"),  # item 9: levels as text
+    (lambda m: m.forecast(sine(), "5"), TypeError, "positive integer"),
+    (lambda m: m.forecast(sine(), 5, quantile_levels=[0.5, 0.5]), ValueError, "duplicates"),
+    (lambda m: m.forecast(sine(), 5, output_type="pandas"), ValueError, "output_type"),
+    (lambda m: m.forecast(sine(), 5, max_masked_fraction=0.0), ValueError, "max_masked_fraction"),
+    (lambda m: m.forecast(sine(), 5, id_column="x"), TypeError, "only for pandas"),
+    (lambda m: m.forecast({"a": sine()}, 5), TypeError, "dict"),
+    (lambda m: m.forecast(np.array([1.7e308, -1.7e308] * 50), 8), ValueError, "overflows float64"),
+])
+def test_more_bad_input_is_named(model, call, error, match):
+    with pytest.raises(error, match=match):
+        call(model)
+
+
+def test_object_arrays_of_numbers_and_json_nulls_are_accepted(model):
+    """Item 9: the README now documents what happens with object arrays (numbers and None are accepted)."""
+    values = sine(60).astype(object)
+    values[5] = None
+    q, _ = model.forecast(values, prediction_length=3)
+    reference, _ = model.forecast(np.where(np.arange(60) == 5, np.nan, sine(60)), prediction_length=3)
+    np.testing.assert_array_equal(q, reference)

@@ -128,3 +128,27 @@ def test_push_to_hub_then_load(hub, tmp_path):
     assert pushed.keys() == local.keys() and all(torch.equal(pushed[k], local[k]) for k in local)
     res = load_in_subprocess(hub, "acme/pushed")
     assert res["ok"], res
+
+
+def test_unreachable_hub_fails_at_once_without_retries(tmp_path):
+    """Issue 15, item 10: an offline load_model("NX-AI/TiRex") spent 23 s in 12 retry messages before failing."""
+    import socket
+
+    with socket.socket() as sock:  # a port on 127.0.0.1 with nothing listening: connections are refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code = "from tirex import load_model\nload_model('NX-AI/TiRex')"
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HUB_CACHE": str(tmp_path / "cache"),
+           "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode != 0
+    assert "is unreachable" in out.stderr and "not in the cache" in out.stderr
+    assert "Retrying" not in out.stderr and "Retry" not in out.stdout
+
+
+def test_unreachable_hub_still_serves_the_cache(hub):
+    assert load_in_subprocess(hub, "acme/tiny")["ok"]
+    hub.__exit__(None, None, None)  # the Hub goes away; the cached files still load, with no retries
+    res = load_in_subprocess(hub, "acme/tiny")
+    assert res["ok"], res

@@ -142,3 +142,42 @@ def test_weights_of_the_wrong_shape(tmp_path):
 def test_default_quantile_levels_and_median():
     assert ModelConfig().quantile_levels == DEFAULT_QUANTILE_LEVELS
     assert ModelConfig().median_index == 4
+
+
+# ---------------------------------------------------------------------------- issue 15: no silent wrong answers
+def test_nan_in_the_weights_is_an_error_at_load(tmp_path, fixture_dir):
+    """Item 2: a checkpoint with a NaN inside its weights loaded and returned all-NaN forecasts."""
+    model = tiny()
+    with torch.no_grad():
+        model.blocks[0].ffn.up.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "m")
+    with pytest.raises(CheckpointError, match=r"'blocks.0.ffn.up.weight' holds 1 NaN/inf"):
+        load_model(tmp_path / "m")
+    ckpt = torch.load(fixture_dir / "official" / "model.ckpt", weights_only=True)
+    key = next(k for k in ckpt["state_dict"] if k.endswith("out_norm.weight"))
+    ckpt["state_dict"][key][3] = float("inf")
+    torch.save(ckpt, tmp_path / "model.ckpt")
+    with pytest.raises(CheckpointError, match="NaN/inf"):
+        load_model(tmp_path / "model.ckpt")
+
+
+def test_unreadable_checkpoints_never_suggest_unpickling(tmp_path, fixture_dir):
+    """Item 8: random bytes quoted torch's advice to retry with weights_only=False (unsafe)."""
+    (tmp_path / "random-bytes.ckpt").write_bytes(bytes(range(256)) * 64)
+    ckpt = torch.load(fixture_dir / "official" / "model.ckpt", weights_only=True)
+    ckpt["payload"] = Evil()
+    torch.save(ckpt, tmp_path / "evil.ckpt")
+    for name, match in (("random-bytes.ckpt", "not a torch checkpoint"), ("evil.ckpt", "refusing to load")):
+        with pytest.raises(CheckpointError, match=match) as info:
+            load_model(tmp_path / name)
+        assert "weights_only" not in str(info.value)
+
+
+def test_a_device_that_does_not_exist_is_a_clear_error():
+    """Item 8: load_model(device="cuda") on a CPU build raised torch's AssertionError."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="cuda"):
+        load_model(device="cuda")
+    with pytest.raises(ValueError, match="not a torch device"):
+        load_model(device="tpu-ish")

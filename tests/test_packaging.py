@@ -14,11 +14,20 @@ ROOT = Path(__file__).resolve().parents[1]
 def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
     res = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(out)],
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-w", str(out)],
         capture_output=True, text=True, timeout=300,
     )
     assert res.returncode == 0, res.stderr
-    return zipfile.ZipFile(next(out.glob("tirex-*.whl")))
+    wheel = zipfile.ZipFile(next(out.glob("tirex-*.whl")))
+    wheel.build_log = res.stdout + res.stderr
+    return wheel
+
+
+def test_build_prints_no_setuptools_warnings(wheel):
+    # package discovery (data folders missing from the package list) and the licence table were two
+    # sources of thousands of lines in `make demo`
+    for marker in ("Warning", "is absent from the `packages` configuration", "project.license"):
+        assert marker not in wheel.build_log, wheel.build_log[-3000:]
 
 
 @pytest.mark.parametrize("pattern", [

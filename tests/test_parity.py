@@ -46,12 +46,24 @@ def test_matches_reference(model, cases, name):
     rollout = kwargs.pop("max_accelerated_rollout_steps", 1)
     q, mean = model.forecast(case["context"], rollout_steps=rollout, output_type="torch", **kwargs)
     assert q.shape == case["quantiles"].shape and mean.shape == case["mean"].shape
-    err = (q.double() - case["quantiles"].double()).abs() / _denominators(case["context"], model.config.context_length)
+    # forecast sorts the quantiles along the level (a monotone rearrangement; these random weights cross at
+    # about half of all adjacent levels), so it is compared with the reference's quantiles sorted the same way.
+    # Sorting is 1-Lipschitz in the max norm: the bar means the same before and after it (raw path: below).
+    reference = case["quantiles"].double().sort(dim=-1).values
+    err = (q.double() - reference).abs() / _denominators(case["context"], model.config.context_length)
     assert torch.isfinite(q).all()
     assert err.max() <= 1e-2, f"max error {err.max():.2e}"
     assert err.mean() <= 5e-4, f"mean error {err.mean():.2e}"
-    mean_err = (mean.double() - case["mean"].double()).abs() / _denominators(case["context"], model.config.context_length)[..., 0]
+    mean_err = (mean.double() - reference[..., 4]).abs() / _denominators(case["context"], model.config.context_length)[..., 0]
     assert mean_err.max() <= 1e-2
+
+
+@pytest.mark.parametrize("name", ["A_full_window_h64", "C_short_nan_h100"])
+def test_raw_rollout_matches_the_unsorted_reference(model, cases, name):
+    case = cases[name]
+    q = model.rollout(case["context"].float(), case["kwargs"]["prediction_length"])
+    err = (q.double() - case["quantiles"].double()).abs() / _denominators(case["context"], model.config.context_length)
+    assert err.max() <= 1e-2 and err.mean() <= 5e-4, f"max {err.max():.2e}, mean {err.mean():.2e}"
 
 
 def test_float32_recurrence_misses_the_bar(fixture_dir, cases):
@@ -59,5 +71,5 @@ def test_float32_recurrence_misses_the_bar(fixture_dir, cases):
     model = load_model(fixture_dir / "official" / "model.ckpt", recurrence_dtype="float32")
     case = cases["A_full_window_h64"]
     q, _ = model.forecast(case["context"], prediction_length=64)
-    err = (q.double() - case["quantiles"].double()).abs() / _denominators(case["context"], 512)
+    err = (q.double() - case["quantiles"].double().sort(dim=-1).values).abs() / _denominators(case["context"], 512)
     assert err.mean() > 5e-4

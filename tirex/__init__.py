@@ -9,12 +9,16 @@ from .checkpoint import CheckpointError
 from .config import DEFAULT_QUANTILE_LEVELS, ModelConfig
 from .loading import bundled_model_dir, load_model, push_to_hub, save_pretrained
 from .model import TiRexModel
+from .validation import MAX_PREDICTION_LENGTH, InputError, InputTypeError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
     "DEFAULT_QUANTILE_LEVELS",
+    "InputError",
+    "InputTypeError",
+    "MAX_PREDICTION_LENGTH",
     "ModelConfig",
     "TiRexModel",
     "bundled_model_dir",

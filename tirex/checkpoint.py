@@ -117,6 +117,21 @@ def config_from_reference(hparams: dict) -> ModelConfig:
         raise CheckpointError(f"TiRex checkpoint hyper_parameters lack the key {exc.args[0]!r}") from exc
 
 
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Why torch.load(weights_only=True) failed, without torch's advice to retry with weights_only=False
+    (that would unpickle arbitrary code from the file)."""
+    text = str(exc)
+    if "Unsupported global" in text:
+        return (f"refusing to load {path}: it holds pickled Python objects other than tensors and plain "
+                "containers, which could run code when unpickled; only weights are loaded")
+    if isinstance(exc, (EOFError, zipfile.BadZipFile)) or "zip" in text.lower() or "EOF" in text:
+        return f"cannot read {path}: corrupt or truncated checkpoint (not a complete torch zip archive)"
+    if "weights_only" in text or type(exc).__name__ == "UnpicklingError":
+        return f"cannot read {path}: not a torch checkpoint, or a damaged one (its bytes do not unpickle)"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return f"cannot read {path}: not a readable torch checkpoint ({first[:200]})"
+
+
 def read_reference_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Read a published-layout ``model.ckpt`` safely; returns our config and our state dict."""
     path = Path(path)
@@ -125,10 +140,8 @@ def read_reference_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, 
         # the one read, so reading into plain memory keeps the peak at about one copy of the weights; a
         # mapped file would stay resident next to the copies until the end of loading.
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise CheckpointError(f"cannot read {path}: corrupt or truncated checkpoint ({exc})") from exc
-    except Exception as exc:  # weights_only refusal of a pickled object, and similar
-        raise CheckpointError(f"refusing to load {path}: {exc}") from exc
+    except Exception as exc:
+        raise CheckpointError(_unreadable(path, exc)) from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise CheckpointError(f"{path} is not a TiRex checkpoint (needs 'state_dict' and 'hyper_parameters')")
     config = config_from_reference(ckpt["hyper_parameters"])
@@ -193,9 +206,21 @@ def check_state(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor
             raise CheckpointError(f"{source}: tensor {key!r} has dtype {value.dtype}, expected a float tensor")
 
 
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise ``CheckpointError`` naming the first tensor with NaN or inf values (a diverged run, a bad file)."""
+    for key, value in state.items():
+        bad = ~torch.isfinite(value)
+        if bool(bad.any()):
+            raise CheckpointError(
+                f"{source}: tensor {key!r} holds {int(bad.sum())} NaN/inf value(s) of {value.numel()}; every forecast "
+                "would be NaN. The checkpoint is broken (a diverged training run, or a damaged file)"
+            )
+
+
 def load_state_into(model, state: dict[str, torch.Tensor], source: str) -> None:
-    """Copy ``state`` into ``model``, checking names and shapes first."""
+    """Copy ``state`` into ``model``, checking names, shapes and finiteness first."""
     check_state(model.state_dict(), state, source)
+    check_finite(state, source)
     # assign=True adopts the loaded tensors (works for models built on the meta device, too). Every tensor
     # is copied once into the process's own memory, nn.Linear weights column-major (the layout the
     # inference matmuls read fastest, see tirex.inference.use_matmul_layout_): nothing then refers to a

@@ -7,9 +7,7 @@ how to fix it), 1 an unexpected failure.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -38,23 +36,27 @@ def _positive_int(text: str) -> int:
     return value
 
 
+OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".json": "json", ".jsonl": "jsonl"}
+
+
+def _check_output(path: Path | None) -> None:
+    if path is not None and path.suffix.lower() not in OUTPUT_FORMATS:
+        raise ValueError(f"--output {path}: unknown format {path.suffix!r}; use one of {', '.join(OUTPUT_FORMATS)}")
+
+
 def _write_atomic(df, path: Path) -> None:
-    """Write CSV or Parquet via a temporary file, so a failure never leaves a partial output."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            df.to_parquet(tmp, index=False)
-        else:
-            df.to_csv(tmp, index=False)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write CSV, Parquet or JSON (by the suffix) atomically: a failure never leaves a partial output."""
+    from tirex.io import atomic_write
+
+    _check_output(path)
+    kind = OUTPUT_FORMATS[path.suffix.lower()]
+    writers = {
+        "parquet": lambda tmp: df.to_parquet(tmp, index=False),
+        "json": lambda tmp: df.to_json(tmp, orient="records", date_format="iso", indent=1),
+        "jsonl": lambda tmp: df.to_json(tmp, orient="records", date_format="iso", lines=True),
+        "csv": lambda tmp: df.to_csv(tmp, index=False),
+    }
+    atomic_write(path, writers[kind])
 
 
 def _print_table(df, levels, max_rows: int = 12) -> None:
@@ -67,17 +69,29 @@ def _print_table(df, levels, max_rows: int = 12) -> None:
             print(group[show].head(max_rows).to_string(index=False))
 
 
+def _horizon(text: str) -> int:
+    from tirex.validation import MAX_PREDICTION_LENGTH
+
+    value = _positive_int(text)
+    if value > MAX_PREDICTION_LENGTH:
+        raise argparse.ArgumentTypeError(f"at most {MAX_PREDICTION_LENGTH:,} steps per call, got {value:,}")
+    return value
+
+
 def _add_forecast_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--horizon", "-H", type=_positive_int, required=True, help="steps to forecast after each series")
+    p.add_argument("--horizon", "-H", type=_horizon, required=True,
+                   help="steps to forecast after each series (at most 100,000)")
     p.add_argument("--quantiles", type=_levels, default=None,
                    help="comma-separated quantile levels in (0, 1) (default: 0.1,0.2,...,0.9)")
     p.add_argument("--model", default=None,
                    help="model folder, .ckpt file or Hugging Face Hub repo id (default: the bundled model)")
     p.add_argument("--output", "-o", type=path_or_uri, default=None,
                    help="write the forecasts here (.csv or .parquet); printed as a table otherwise")
-    p.add_argument("--plot", type=Path, default=None, help="write a fan chart PNG here")
+    p.add_argument("--plot", type=Path, default=None, help="write a fan chart here (.png, .svg, .pdf, .jpg)")
     p.add_argument("--batch-size", type=_positive_int, default=256, help="series per forward pass (default 256)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--keep-sign", action="store_true",
+                   help="clip the forecasts of a series whose history is all >= 0 (or all <= 0) at 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,11 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("file", type=path_or_uri, help="input table (.csv or .parquet); with --engine ray a file or folder")
     _add_forecast_options(f)
     f.add_argument("--layout", choices=("auto", "long", "wide"), default="auto",
-                   help="table layout (default: auto = long if a target column is found)")
+                   help="table layout (default auto: long with an id column or a lone target column, wide without "
+                        "a target-named column; ambiguous tables ask for it)")
     f.add_argument("--id-column", default=None, help="series id column (long layout)")
     f.add_argument("--timestamp-column", default=None, help="timestamp column")
     f.add_argument("--target-column", default=None, help="value column (long layout)")
     add_engine_options(f)
+    f.add_argument("--freq", default=None,
+                   help="the series' frequency as a pandas alias (D, h, 15min, MS, ...; default: inferred per series)")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar (shown on stderr for long rollouts)")
 
     d = sub.add_parser("demo", help="forecast the bundled real demo series and draw a fan chart",
                        description="Forecast the three public-domain demo series shipped with the package "
@@ -128,6 +146,14 @@ def _load(source, device):
     return load_model(source, device=device)
 
 
+def _check_plot(path: Path | None) -> None:
+    if path is None:
+        return
+    from tirex.plotting import check_plot_path
+
+    check_plot_path(path)
+
+
 def cmd_forecast(args) -> int:
     if args.engine == "ray":
         from tirex.distributed.cli import forecast_command
@@ -135,13 +161,19 @@ def cmd_forecast(args) -> int:
         return forecast_command(args)
     if isinstance(args.file, str) or isinstance(args.output, str):
         raise ValueError("the local engine reads and writes local files; use --engine ray for URIs like s3://...")
-    from tirex.io import read_table, to_long
+    from tirex.io import read_table, validate_table
 
-    long = to_long(read_table(args.file), args.file, args.layout, args.id_column, args.timestamp_column, args.target_column)
+    _check_output(args.output)  # before reading data or loading a model
+    _check_plot(args.plot)
+    table = validate_table(read_table(args.file), args.file, args.layout, args.id_column, args.timestamp_column,
+                           args.target_column, args.freq)
+    table.future(args.horizon)  # a horizon past pandas' last date fails here, naming the file
+    long = table.frame
     model = _load(args.model, args.device)
     result = model.forecast(long, prediction_length=args.horizon, quantile_levels=args.quantiles,
-                            batch_size=args.batch_size, progress=sys.stderr.isatty(),
-                            id_column="item_id", timestamp_column="timestamp", target_column="target")
+                            batch_size=args.batch_size, progress=False if args.no_progress else None,
+                            keep_sign=args.keep_sign, id_column="item_id", timestamp_column="timestamp",
+                            target_column="target", freq=args.freq)
     if args.output:
         _write_atomic(result, args.output)
         print(f"wrote {len(result)} rows for {result['item_id'].nunique()} series to {args.output}", file=sys.stderr)
@@ -150,7 +182,7 @@ def cmd_forecast(args) -> int:
     if args.plot:
         from tirex.plotting import plot_fan_chart
 
-        plot_fan_chart(long, result, args.plot)
+        plot_fan_chart(long, result, args.plot, value_label=str(table.target_column or "value"))
         print(f"wrote fan chart to {args.plot}", file=sys.stderr)
     return EXIT_OK
 
@@ -162,7 +194,8 @@ def cmd_demo(args) -> int:
     path = Path(str(resources.files("tirex") / "data" / "demo.csv"))
     long = to_long(read_table(path), path)
     model = _load(args.model, None)
-    result = model.forecast(long, prediction_length=args.horizon, id_column="item_id",
+    # the three demo series never go below 0 (CO2, sunspot numbers, sea-surface temperature in deg C)
+    result = model.forecast(long, prediction_length=args.horizon, keep_sign=True, id_column="item_id",
                             timestamp_column="timestamp", target_column="target")
     _print_table(result, None)
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -174,17 +207,20 @@ def cmd_demo(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # parse_known_args: a command whose extra is not installed should say so, whatever options follow it
+    args, unknown = parser.parse_known_args(argv)
     if getattr(args, "unavailable", None):
         print(f"tirex: error: {args.unavailable}", file=sys.stderr)
         return EXIT_USAGE
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
     handler = {"forecast": cmd_forecast, "demo": cmd_demo}.get(args.command) or args.func
     try:
         return int(handler(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, OSError) as exc:  # bad data or options, missing files, no network
         print(f"tirex {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

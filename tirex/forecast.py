@@ -1,17 +1,46 @@
-"""``forecast``: input adapters -> batched multi-patch rollout -> quantile levels -> output adapters."""
+"""``forecast``: validation -> batched multi-patch rollout -> monotone quantiles -> output adapters.
+
+Guarantees of every output (arrays, frames, GluonTS, streams):
+
+- quantiles never decrease with the level. The model's quantiles are sorted along the level axis
+  (a monotone rearrangement): for every outcome y the summed pinball loss of sorted quantiles is at
+  most that of the unsorted ones (swapping a crossed pair q_i > q_j at levels a < b lowers it by
+  (q_i - q_j)(b - a)), so the weighted quantile loss can only improve. ``mean`` is the median of the
+  sorted quantiles;
+- finite values: a forecast that is not finite raises instead of being returned;
+- values of any magnitude: each series is divided by a power of two (exact) before the model sees it
+  and multiplied back in float64; results are float32, or float64 when a value does not fit float32;
+- ``keep_sign=True``: a series whose observed history is all >= 0 (or all <= 0) gets forecasts
+  clipped at 0, so they stay on that side (counts, prices, irradiance). Clipping moves a quantile
+  towards any outcome of that sign, so for such outcomes it never worsens the loss either.
+"""
 
 from __future__ import annotations
 
+import math
+import sys
+import warnings
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
-from .inputs import check_prediction_length, pad_batch, power_of_two_scale, to_series_list
-from .quantiles import check_levels, interpolate_quantiles
+from .inputs import pad_batch, power_of_two_scale
+from .quantiles import interpolate_quantiles
+from .validation import (
+    check_max_masked_fraction,
+    check_output_type,
+    check_positive_int,
+    check_prediction_length,
+    check_quantile_levels,
+    to_series_list,
+)
 
 if TYPE_CHECKING:
     from .model import TiRexModel
+
+LONG_ROLLOUT_PASSES = 1000  # per batch of series: warn before, and show a progress bar (auto) for, longer rollouts
+_F32 = torch.finfo(torch.float32)
 
 
 def _is_dataframe(obj) -> bool:
@@ -29,6 +58,45 @@ def _is_gluonts_dataset(obj) -> bool:
     return module.startswith("gluonts") and hasattr(obj, "__iter__")
 
 
+def sign_bounds(series: torch.Tensor) -> tuple[float, float]:
+    """(lower, upper) bounds that keep forecasts on the side of 0 where the observed history lies."""
+    observed = series[~torch.isnan(series)]
+    if observed.numel() == 0:
+        return -math.inf, math.inf
+    return (0.0 if bool((observed >= 0).all()) else -math.inf), (0.0 if bool((observed <= 0).all()) else math.inf)
+
+
+def _progress_bar(progress: bool | None, total: int):
+    show = progress if progress is not None else (total > LONG_ROLLOUT_PASSES and sys.stderr.isatty())
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="forecast", unit="patch", file=sys.stderr)
+
+
+def _to_output_dtype(values: torch.Tensor) -> torch.Tensor:
+    """float32 when every value fits float32's normal range (or is 0), else float64."""
+    magnitude = values.abs()
+    if bool((magnitude > _F32.max).any() or ((magnitude < _F32.tiny) & (magnitude > 0)).any()):
+        return values
+    return values.float()
+
+
+def _check_finite(quantiles: torch.Tensor, series: list[torch.Tensor]) -> None:
+    bad = ~torch.isfinite(quantiles).flatten(1).all(dim=1)
+    if not bad.any():
+        return
+    i = int(torch.nonzero(bad)[0])
+    finite = series[i][torch.isfinite(series[i])]
+    peak = float(finite.abs().max()) if finite.numel() else 0.0
+    if peak > 1e300:
+        raise ValueError(f"the forecast of series {i} overflows float64: its values (up to {peak:.3g}) are too close to "
+                         "float64's limit; divide the series by a large constant and multiply the forecast back")
+    raise RuntimeError(f"the model produced a non-finite forecast for series {i}; its weights may hold NaN/inf "
+                       "(check them with torch.isfinite(p).all() for p in model.parameters())")
+
+
 def forecast_tensors(
     model: "TiRexModel",
     series: list[torch.Tensor],
@@ -37,65 +105,75 @@ def forecast_tensors(
     batch_size: int = 256,
     rollout_steps: int = 1,
     max_masked_fraction: float | None = 0.5,
-    progress: bool = False,
+    progress: bool | None = False,
+    keep_sign: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Core loop on already-cleaned series: returns quantiles (n, H, levels) and mean (n, H), float32."""
+    """The core loop on validated series (``to_series_list``'s output).
+
+    Returns quantiles (n, H, levels), monotone in the level, and the median (n, H); float32, or float64
+    when a value does not fit float32 (see the module docstring).
+    """
     cfg = model.config
     device = next(model.parameters()).device
+    patches = math.ceil(prediction_length / cfg.patch_size)
+    n_batches = math.ceil(len(series) / batch_size)
+    passes = math.ceil(patches / rollout_steps)
+    if passes > LONG_ROLLOUT_PASSES:
+        warnings.warn(
+            f"prediction_length {prediction_length:,} takes {passes:,} rollout passes per batch of series "
+            f"({n_batches} batch(es)); this can take minutes. Beyond the context ({cfg.context_length} steps) the "
+            "forecast is rolled out from the model's own predictions", UserWarning, stacklevel=3,
+        )
+    bar = _progress_bar(progress, n_batches * patches)
     quantiles, means = [], []
-    starts = range(0, len(series), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="forecast", unit="batch")
-    for start in starts:
-        chunk = series[start : start + batch_size]
-        factors = torch.tensor([power_of_two_scale(s) for s in chunk], dtype=torch.float64)
-        # only the last window matters; longer history is dropped before padding (saves memory)
-        chunk = [(s[-cfg.context_length :] / f) for s, f in zip(chunk, factors)]
-        ctx = pad_batch(chunk).to(device)
-        q = model.rollout(ctx, prediction_length, rollout_steps, max_masked_fraction).cpu()
-        mean = q[..., cfg.median_index]
-        q = interpolate_quantiles(q, cfg.quantile_levels, quantile_levels)
-        f = factors.float().view(-1, 1)
-        quantiles.append(q * f.unsqueeze(-1))
-        means.append(mean * f)
-    return torch.cat(quantiles), torch.cat(means)
+    try:
+        for start in range(0, len(series), batch_size):
+            chunk = series[start : start + batch_size]
+            factors = torch.tensor([power_of_two_scale(s) for s in chunk], dtype=torch.float64).view(-1, 1, 1)
+            # only the last window matters; longer history is dropped before padding (saves memory)
+            scaled = [s[-cfg.context_length :] / float(f) for s, f in zip(chunk, factors.view(-1))]
+            ctx = pad_batch(scaled).to(device)
+            q = model.rollout(ctx, prediction_length, rollout_steps, max_masked_fraction,
+                              on_patches=bar.update if bar is not None else None).cpu()
+            q = q.sort(dim=-1).values  # monotone rearrangement (module docstring)
+            mean = q[..., cfg.median_index]
+            q = interpolate_quantiles(q, cfg.quantile_levels, quantile_levels)
+            if keep_sign:
+                bounds = torch.tensor([sign_bounds(s) for s in chunk], dtype=q.dtype).view(-1, 1, 2)
+                q = torch.maximum(torch.minimum(q, bounds[..., 1:]), bounds[..., :1])
+                mean = torch.maximum(torch.minimum(mean, bounds[:, :, 1]), bounds[:, :, 0])
+            quantiles.append(q.double() * factors)
+            means.append(mean.double() * factors[..., 0])
+    finally:
+        if bar is not None:
+            bar.close()
+    quantiles, means = torch.cat(quantiles), torch.cat(means)
+    _check_finite(quantiles, series)
+    if _to_output_dtype(torch.cat([quantiles.flatten(), means.flatten()])).dtype == torch.float32:
+        return quantiles.float(), means.float()
+    return quantiles, means
 
 
 def check_run(
     model: "TiRexModel",
-    prediction_length: int,
-    quantile_levels: Sequence[float] | None = None,
-    batch_size: int = 256,
-    rollout_steps: int = 1,
-    max_masked_fraction: float | None = 0.5,
-    progress: bool = False,
+    prediction_length: Any,
+    quantile_levels: Any = None,
+    batch_size: Any = 256,
+    rollout_steps: Any = 1,
+    max_masked_fraction: Any = 0.5,
+    progress: bool | None = None,
+    keep_sign: bool = False,
 ) -> dict:
-    """Validate the options of a forecast; returns them as keyword arguments of ``forecast_tensors``.
-
-    Every entry point (``forecast``, the CLI, the server) checks its options here, so each gets the
-    same errors: ``TypeError`` / ``ValueError`` naming the option.
-
-    Example:
-        >>> run = check_run(model, 24, [0.1, 0.5, 0.9])
-        >>> quantiles, mean = forecast_tensors(model, to_series_list(context), **run)
-    """
-    prediction_length = check_prediction_length(prediction_length)
-    levels = check_levels(quantile_levels if quantile_levels is not None else model.config.quantile_levels)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if isinstance(rollout_steps, bool) or not isinstance(rollout_steps, int) or rollout_steps <= 0:
-        raise ValueError(f"rollout_steps must be a positive integer, got {rollout_steps!r}")
-    if max_masked_fraction is not None and not (0.0 < max_masked_fraction <= 1.0):
-        raise ValueError(f"max_masked_fraction must be in (0, 1] or None, got {max_masked_fraction!r}")
+    """Validate the settings of a forecast; returns the keyword arguments of ``forecast_tensors``."""
+    levels = quantile_levels if quantile_levels is not None else model.config.quantile_levels
     return dict(
-        prediction_length=prediction_length,
-        quantile_levels=levels,
-        batch_size=batch_size,
-        rollout_steps=rollout_steps,
-        max_masked_fraction=max_masked_fraction,
-        progress=progress,
+        prediction_length=check_prediction_length(prediction_length),
+        quantile_levels=check_quantile_levels(levels),
+        batch_size=check_positive_int(batch_size, "batch_size"),
+        rollout_steps=check_positive_int(rollout_steps, "rollout_steps"),
+        max_masked_fraction=check_max_masked_fraction(max_masked_fraction),
+        progress=None if progress is None else bool(progress),
+        keep_sign=bool(keep_sign),
     )
 
 
@@ -108,35 +186,35 @@ def forecast(
     rollout_steps: int = 1,
     max_masked_fraction: float | None = 0.5,
     output_type: str | None = None,
-    progress: bool = False,
-    **frame_kwargs,
+    progress: bool | None = None,
+    keep_sign: bool = False,
+    **table_options,
 ):
     """Forecast ``prediction_length`` steps after each series in ``context``.
 
-    See ``TiRexModel.forecast`` for the accepted inputs and outputs.
+    See ``TiRexModel.forecast`` for the accepted inputs and outputs. Every setting and the data are
+    validated (``tirex.validation``, ``tirex.io``) before any model work.
     """
-    run = check_run(model, prediction_length, quantile_levels, batch_size, rollout_steps, max_masked_fraction, progress)
+    run = check_run(model, prediction_length, quantile_levels, batch_size, rollout_steps, max_masked_fraction,
+                    progress, keep_sign)
+    output_type = check_output_type(output_type)
     if _is_dataframe(context):
         from .frames import forecast_dataframe
 
-        return forecast_dataframe(model, context, run, **frame_kwargs)
-    if frame_kwargs:
-        raise TypeError(f"unexpected keyword arguments {sorted(frame_kwargs)}")
+        return forecast_dataframe(model, context, run, **table_options)
     if _is_pandas_series(context):
         from .frames import forecast_pandas_series
 
-        return forecast_pandas_series(model, context, run)
+        return forecast_pandas_series(model, context, run, **table_options)
+    if table_options:
+        raise TypeError(f"unexpected keyword arguments {sorted(table_options)} (only for pandas inputs)")
     if _is_gluonts_dataset(context):
         from .frames import forecast_gluonts
 
         return forecast_gluonts(model, context, run)
-    if isinstance(context, (str, bytes, dict)):
-        raise TypeError(f"context of type {type(context).__name__} is not supported; see TiRexModel.forecast")
     quantiles, mean = forecast_tensors(model, to_series_list(context), **run)
     if output_type is None:
         output_type = "numpy" if isinstance(context, np.ndarray) else "torch"
     if output_type == "numpy":
         return quantiles.numpy(), mean.numpy()
-    if output_type == "torch":
-        return quantiles, mean
-    raise ValueError(f"output_type must be 'torch' or 'numpy', got {output_type!r}")
+    return quantiles, mean

@@ -1,4 +1,4 @@
-"""Output adapters for pandas and GluonTS inputs."""
+"""Output adapters for pandas and GluonTS inputs; their data are validated by ``tirex.io`` / ``tirex.validation``."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pandas as pd
 import torch
 
 from .forecast import forecast_tensors
-from .inputs import to_series_list
-from .io import ID_CANDIDATES, TARGET_CANDIDATES, TIME_CANDIDATES, parse_timestamps
+from .io import InputError, future_timestamps, validate_table
+from .validation import as_float_array, to_series_list
 
 
 def level_name(q: float) -> str:
@@ -19,53 +19,38 @@ def level_name(q: float) -> str:
     return f"{q:g}"
 
 
-def _future_index(index: pd.Index, horizon: int, what: str, freq=None) -> pd.Index:
-    if isinstance(index, pd.DatetimeIndex):
-        if freq is None:
-            freq = index.freq or (pd.infer_freq(index) if len(index) >= 3 else None)
-        if freq is None:
-            raise ValueError(
-                f"{what}: cannot infer a frequency from the timestamps (irregular or fewer than 3); "
-                "resample to a regular frequency first, or pass freq="
-            )
-        step = pd.tseries.frequencies.to_offset(freq)
-        return pd.date_range(index[-1] + step, periods=horizon, freq=step)  # the first step after the data
-    if isinstance(index, pd.PeriodIndex):
-        return pd.period_range(index[-1] + 1, periods=horizon, freq=index.freq)
-    if isinstance(index, pd.RangeIndex) or pd.api.types.is_integer_dtype(index):
-        step = index[1] - index[0] if len(index) > 1 else 1
-        return pd.Index(index[-1] + step * np.arange(1, horizon + 1))
-    raise ValueError(f"{what}: index of type {type(index).__name__} has no defined future; use a DatetimeIndex")
+def _columns(q: torch.Tensor, mean: torch.Tensor, levels) -> dict[str, np.ndarray]:
+    cols = {"mean": mean.reshape(-1).numpy()}
+    cols.update({level_name(lv): q[:, :, j].reshape(-1).numpy() for j, lv in enumerate(levels)})
+    return cols
 
 
-def forecast_pandas_series(model, series: pd.Series, run: dict) -> pd.DataFrame:
-    """A pandas Series -> DataFrame indexed by the future timestamps, columns ``mean`` and one per level."""
-    values = to_series_list([series.to_numpy()])
-    q, mean = forecast_tensors(model, values, **run)
-    index = _future_index(series.index, run["prediction_length"], "series")
-    cols = {"mean": mean[0].numpy()}
-    cols.update({level_name(lv): q[0, :, j].numpy() for j, lv in enumerate(run["quantile_levels"])})
-    return pd.DataFrame(cols, index=index)
+def forecast_pandas_series(model, series: pd.Series, run: dict, freq: Any = None) -> pd.DataFrame:
+    """A pandas Series -> DataFrame indexed by the future timestamps, columns ``mean`` and one per level.
 
-
-def _pick(df: pd.DataFrame, given: str | None, candidates: tuple[str, ...], what: str) -> str:
-    if given is not None:
-        if given not in df.columns:
-            raise ValueError(f"column {given!r} ({what}) not in the DataFrame; columns are {list(df.columns)}")
-        return given
-    for name in candidates:
-        if name in df.columns:
-            return name
-    raise ValueError(f"no {what} column found (looked for {list(candidates)}); pass {what}_column=...")
+    The index is the time axis, validated like a table's timestamp column (``tirex.io``): a
+    DatetimeIndex (gaps become NaN), a PeriodIndex, dates as text, or integer steps (a RangeIndex).
+    """
+    index = series.index
+    periods = isinstance(index, pd.PeriodIndex)
+    origin = int(index.asi8.min()) if periods and len(index) else 0
+    axis = pd.Index(index.asi8 - origin) if periods else index  # periods: ordinals from 0, an integer axis
+    frame = pd.DataFrame({"timestamp": axis, "target": as_float_array(series.to_numpy(), "series")})
+    table = validate_table(frame, "series", "long", None, "timestamp", "target", freq=freq)
+    future = table.future(run["prediction_length"])[0]
+    q, mean = forecast_tensors(model, to_series_list([table.frame["target"].to_numpy()]), **run)
+    if periods:
+        future = pd.PeriodIndex.from_ordinals(future.to_numpy() + origin, freq=index.freq)
+    return pd.DataFrame(_columns(q, mean, run["quantile_levels"]), index=future)
 
 
 @dataclass
 class LongSeries:
-    """The series of a long DataFrame, validated: ``ids[i]`` owns ``series[i]`` and ``futures[i]``
-    (its next ``prediction_length`` timestamps)."""
+    """The series of a long (or wide) DataFrame, validated: ``ids[i]`` owns ``series[i]`` and ``futures[i]``
+    (its next ``prediction_length`` timestamps). ``id_column`` is None for a table without ids."""
 
-    id_column: str
-    timestamp_column: str
+    id_column: Any
+    timestamp_column: Any
     ids: list
     series: list[torch.Tensor]
     futures: list[pd.Index]
@@ -77,46 +62,31 @@ def long_series(
     id_column: str | None = None,
     timestamp_column: str | None = None,
     target_column: str | None = None,
-    freq=None,
+    layout: str = "auto",
+    freq: Any = None,
+    what: str = "DataFrame",
 ) -> LongSeries:
-    """Split a long DataFrame (id, timestamp, target) into validated series and their future timestamps.
-
-    ``freq`` (a pandas frequency such as "D" or "15min") sets the step of the future timestamps;
-    by default each series' own frequency is inferred from its timestamps.
-    """
-    id_col = _pick(df, id_column, ID_CANDIDATES, "id")
-    ts_col = _pick(df, timestamp_column, TIME_CANDIDATES, "timestamp")
-    target_col = _pick(df, target_column, TARGET_CANDIDATES, "target")
-    if df.empty:
-        raise ValueError("the DataFrame is empty")
-    if not pd.api.types.is_numeric_dtype(df[target_col]):
-        raise TypeError(f"target column {target_col!r} is not numeric (dtype {df[target_col].dtype})")
-    timestamps = parse_timestamps(df[ts_col])
-    if timestamps.isna().any():
-        raise ValueError(f"timestamp column {ts_col!r} has values that are not timestamps")
-    frame = df.assign(**{ts_col: timestamps}).sort_values([id_col, ts_col], kind="stable")
-    if frame.duplicated([id_col, ts_col]).any():
-        raise ValueError(f"duplicate timestamps within a series in column {ts_col!r}; aggregate them first")
-    ids, contexts, futures = [], [], []
-    for item, group in frame.groupby(id_col, sort=False):
-        index = pd.DatetimeIndex(group[ts_col])
-        futures.append(_future_index(index, prediction_length, f"series {item!r}", freq))
-        ids.append(item)
-        contexts.append(group[target_col].to_numpy(dtype=np.float64))
-    return LongSeries(id_col, ts_col, ids, to_series_list(contexts), futures)
+    """Validate a table with ``tirex.io.validate_table`` (exactly as the command line does with a file:
+    columns and layout detected or given, gaps filled with NaN, rows without an id or with duplicate
+    timestamps refused) and split it into series and their future timestamps. Every entry point that
+    takes tables (``model.forecast``, the server's timestamped form) goes through here."""
+    table = validate_table(df, what, layout, id_column, timestamp_column, target_column, freq)
+    futures = table.future(prediction_length)  # before the model runs: a bad horizon fails fast
+    groups = table.frame.groupby("item_id", sort=False)
+    series = to_series_list([g["target"].to_numpy() for _, g in groups])
+    return LongSeries(table.id_column, table.timestamp_column, list(groups.groups), series, futures)
 
 
 def long_forecast_frame(data: LongSeries, quantiles: torch.Tensor, mean: torch.Tensor, levels) -> pd.DataFrame:
-    """Forecasts of ``data``'s series (quantiles (n, H, levels), mean (n, H)) as a long DataFrame:
-    the id column, the timestamp column (future timestamps), ``mean`` and one column per level."""
+    """Forecasts of ``data``'s series (quantiles (n, H, levels), mean (n, H)) as a long DataFrame: the id
+    column (``item_id`` without one), the timestamp column (future timestamps), ``mean`` and one column
+    per quantile level ("0.1", ...)."""
     h = mean.shape[1]
     out = {
-        data.id_column: np.repeat(np.asarray(data.ids, dtype=object), h),
+        data.id_column if data.id_column is not None else "item_id": np.repeat(np.asarray(data.ids, dtype=object), h),
         data.timestamp_column: np.concatenate([f.to_numpy() for f in data.futures]),
-        "mean": mean.reshape(-1).numpy(),
     }
-    for j, lv in enumerate(levels):
-        out[level_name(lv)] = quantiles[:, :, j].reshape(-1).numpy()
+    out.update(_columns(quantiles, mean, levels))
     return pd.DataFrame(out)
 
 
@@ -127,14 +97,11 @@ def forecast_dataframe(
     id_column: str | None = None,
     timestamp_column: str | None = None,
     target_column: str | None = None,
-    freq=None,
+    layout: str = "auto",
+    freq: Any = None,
 ) -> pd.DataFrame:
-    """Long DataFrame (id, timestamp, target) -> long DataFrame of forecasts.
-
-    Output columns: the id column, the timestamp column (future timestamps, at each series' own
-    inferred frequency, or ``freq``), ``mean`` and one column per quantile level ("0.1", ...).
-    """
-    data = long_series(df, run["prediction_length"], id_column, timestamp_column, target_column, freq)
+    """A long (or wide) DataFrame -> long DataFrame of forecasts (see ``long_series`` and ``long_forecast_frame``)."""
+    data = long_series(df, run["prediction_length"], id_column, timestamp_column, target_column, layout, freq)
     q, mean = forecast_tensors(model, data.series, **run)
     return long_forecast_frame(data, q, mean, run["quantile_levels"])
 
@@ -146,7 +113,9 @@ def forecast_gluonts(model, dataset: Any, run: dict) -> list:
     entries = list(dataset)
     targets = []
     for i, entry in enumerate(entries):
-        target = np.asarray(entry["target"], dtype=np.float64)
+        if not isinstance(entry, dict) or "target" not in entry:
+            raise InputError(f"dataset entry {i} is not a dict with a 'target'")
+        target = as_float_array(entry["target"], f"dataset entry {i}")
         if target.ndim != 1:
             raise ValueError(
                 f"dataset entry {i} has a {target.ndim}-D target; convert multivariate data to univariate first"
@@ -168,3 +137,6 @@ def forecast_gluonts(model, dataset: Any, run: dict) -> list:
             )
         )
     return forecasts
+
+
+__all__ = ["LongSeries", "forecast_dataframe", "long_forecast_frame", "long_series", "forecast_gluonts", "forecast_pandas_series", "future_timestamps", "level_name"]

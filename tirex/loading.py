@@ -24,6 +24,7 @@ from .checkpoint import (
 from . import inference
 from .config import ModelConfig
 from .model import TiRexModel
+from .validation import check_device
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
@@ -82,8 +83,24 @@ def _network_errors() -> tuple[type[BaseException], ...]:
         return (OSError,)
 
 
+def hub_unreachable(timeout_s: float = 5.0) -> str | None:
+    """Why the Hub endpoint (``HF_ENDPOINT``) cannot be reached, or None when it answers.
+
+    One request through huggingface_hub's own HTTP session (so proxies and certificates are the same),
+    without retries: an offline machine learns it in at most ``timeout_s`` seconds instead of after
+    huggingface_hub's retries with backoff (about 25 s of "Retrying in 8s" messages).
+    """
+    from huggingface_hub import constants, get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout_s)
+    except _network_errors() as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def _load_hub(repo_id: str, revision, token, cache_dir, local_files_only) -> TiRexModel:
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
         LocalEntryNotFoundError,
@@ -103,6 +120,17 @@ def _load_hub(repo_id: str, revision, token, cache_dir, local_files_only) -> TiR
             )
         )
 
+    if not local_files_only and not constants.HF_HUB_OFFLINE:
+        reason = hub_unreachable()
+        if reason is not None:  # the cache may still have the files: no network request from here on
+            try:
+                return _load_hub(repo_id, revision, token, cache_dir, local_files_only=True)
+            except OSError:
+                raise OSError(
+                    f"could not download {repo_id!r}: the Hugging Face Hub at {constants.ENDPOINT} is unreachable "
+                    f"({reason[:160]}) and the files are not in the cache; connect to the internet, set HF_ENDPOINT to "
+                    "a mirror, or download the model elsewhere and pass its folder"
+                ) from None
     try:
         try:
             config_path = fetch(CONFIG_NAME)
@@ -142,7 +170,7 @@ def load_model(
             ``model.safetensors``, or the published ``model.ckpt``); a ``.ckpt`` / ``.safetensors``
             file; or a Hugging Face Hub repo id such as ``"NX-AI/TiRex"`` (cached by
             ``huggingface_hub``; honours ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, ``HF_TOKEN``).
-        device: where to put the model (default CPU).
+        device: where to put the model (default CPU); one that does not exist here is a ``ValueError``.
         revision, token, cache_dir, local_files_only: passed to ``huggingface_hub``.
         recurrence_dtype: override the checkpoint's recurrence numerics ("bfloat16" or "float32").
 
@@ -150,6 +178,7 @@ def load_model(
         >>> model = load_model()                      # bundled default, offline
         >>> q, mean = model.forecast(torch.randn(2, 500), prediction_length=24)
     """
+    device = check_device(device)  # a clear error for "cuda" on a CPU-only build, before any loading
     inference.return_large_blocks_to_the_os()  # tensors freed while loading go back to the OS at once
     if source is None:
         folder = bundled_model_dir()

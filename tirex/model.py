@@ -114,6 +114,7 @@ class TiRexModel(nn.Module):
         prediction_length: int,
         rollout_steps: int = 1,
         max_masked_fraction: float | None = 0.5,
+        on_patches=None,
     ) -> torch.Tensor:
         """Forecast ``prediction_length`` steps by repeated passes.
 
@@ -125,16 +126,19 @@ class TiRexModel(nn.Module):
         (or data-derived values) in view. ``None`` reproduces the reference exactly at every horizon;
         the default 0.5 reproduces it for horizons up to half the context length.
 
+        The cost is linear in the horizon: each pass reads only the last window.
+
         Args:
             context: (batch, time) float32.
+            on_patches: called with the number of patches predicted after each forward (progress bars).
         Returns:
-            (batch, prediction_length, quantiles) float32.
+            (batch, prediction_length, quantiles) float32, as the model predicts them (not sorted).
         """
         cfg = self.config
         p = cfg.patch_size
         total = math.ceil(prediction_length / p)
         keep_masked = None if max_masked_fraction is None else max(1, int(cfg.num_tokens * max_masked_fraction))
-        history = context.float()
+        history = context.float()[:, -cfg.context_length :]  # a pass never reads further back than its window
         batch = history.shape[0]
         medians: list[torch.Tensor] = []  # (batch, patch_size) per predicted patch
         pieces = []
@@ -146,13 +150,17 @@ class TiRexModel(nn.Module):
             knowns = []
             for start in starts:  # only the first pass can fill in predictions (filled > 0)
                 nan_future = history.new_full((batch, (start - filled) * p), float("nan"))
-                known = torch.cat([history, *medians[:filled], nan_future], dim=1)
+                # the window's worth of filled-in medians at most: the pass's cost does not grow with the horizon
+                recent = medians[max(0, filled - cfg.num_tokens) : filled]
+                known = torch.cat([history, *recent, nan_future], dim=1)
                 knowns.append(window(known, cfg.context_length) if len(starts) > 1 else known)
             out = self.predict_patches(torch.cat(knowns), k)  # (passes * batch, k, Q, P)
             for part in out.split(batch):
                 pieces.append(part)
                 medians.extend(part[:, j, cfg.median_index] for j in range(k))
             done = starts[-1] + k
+            if on_patches is not None:
+                on_patches(k * len(starts))
         quantiles = torch.cat(pieces, dim=1)  # (batch, total, Q, P)
         quantiles = quantiles.permute(0, 1, 3, 2).reshape(context.shape[0], total * p, -1)
         return quantiles[:, :prediction_length]
@@ -187,31 +195,43 @@ class TiRexModel(nn.Module):
         rollout_steps: int = 1,
         max_masked_fraction: float | None = 0.5,
         output_type: str | None = None,
-        progress: bool = False,
-        **frame_kwargs,
+        progress: bool | None = None,
+        keep_sign: bool = False,
+        **table_options,
     ):
         """Probabilistic forecast of the next ``prediction_length`` steps.
 
         Args:
             context: one of
                 - a 1-D or 2-D ``torch.Tensor`` / ``numpy.ndarray`` (rows are series; NaN = missing);
-                - a list of 1-D series of different lengths;
+                - a list of 1-D series of different lengths (``None`` = missing, as in JSON);
                 - a ``pandas.Series`` (returns a DataFrame indexed by future timestamps);
                 - a long ``pandas.DataFrame`` with id, timestamp and target columns (names detected,
-                  or ``id_column=``, ``timestamp_column=``, ``target_column=``); returns a long DataFrame;
+                  or ``id_column=``, ``timestamp_column=``, ``target_column=``; ``layout="wide"`` for one
+                  column per series; ``freq=`` to set the frequency); returns a long DataFrame. Tables
+                  are read exactly as ``tirex forecast`` reads a file (``tirex.io.to_long``);
                 - a GluonTS dataset (returns a list of ``QuantileForecast``).
-            prediction_length: steps to forecast (any positive integer; see ``rollout`` for long horizons).
+            prediction_length: steps to forecast, 1 to 100,000 (``tirex.validation.MAX_PREDICTION_LENGTH``;
+                the cost is linear in it; see ``rollout`` for long horizons).
             quantile_levels: levels in (0, 1); default the model's (0.1 ... 0.9). Others are
-                interpolated between, and extrapolated beyond, the model's levels, monotone in the level.
+                interpolated between, and extrapolated beyond, the model's levels.
             batch_size: series per forward pass. Results do not depend on it.
             rollout_steps: patches predicted per pass (the reference's ``max_accelerated_rollout_steps``).
             max_masked_fraction: cap on the share of the window left as masked future; None = reference.
             output_type: "torch" or "numpy" for array inputs (default: numpy for numpy input, else torch).
-            progress: show a progress bar over batches.
+            progress: progress bar on stderr over the rollout; None (default) shows one for long work
+                (over 1,000 passes per batch) when stderr is a terminal.
+            keep_sign: clip the forecasts of a series whose observed history is all >= 0 (or all <= 0)
+                at 0, so they stay on that side (counts, prices, irradiance).
 
         Returns:
             For array-like inputs ``(quantiles, mean)``: quantiles (batch, prediction_length, levels),
-            mean (batch, prediction_length), the median forecast as the reference defines it.
+            never decreasing with the level (the model's quantiles sorted, which never worsens the
+            quantile loss), and mean (batch, prediction_length), the median forecast. float32, or
+            float64 when a value does not fit float32 (series beyond 3.4e38 or below 1.2e-38).
+
+        Raises:
+            ValueError / TypeError: bad data or settings, before any model work (README "Bad input").
 
         Example:
             >>> q, mean = model.forecast(np.sin(np.arange(300) / 5), prediction_length=48)
@@ -222,7 +242,7 @@ class TiRexModel(nn.Module):
 
         return forecast(
             self, context, prediction_length, quantile_levels, batch_size, rollout_steps,
-            max_masked_fraction, output_type, progress, **frame_kwargs,
+            max_masked_fraction, output_type, progress, keep_sign, **table_options,
         )
 
     def embed(self, data, diff: bool = True, statistics: bool = True, segments: int = 8, resolutions=(1, 2, 4),

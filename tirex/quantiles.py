@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
+import bisect
 from statistics import NormalDist
 from typing import Sequence
 
 import torch
 
+from .validation import check_quantile_levels
+
 _NORMAL = NormalDist()
 
 
 def check_levels(levels: Sequence[float]) -> tuple[float, ...]:
-    """Validate user-requested quantile levels; returns them as a tuple of floats."""
-    try:
-        out = tuple(float(q) for q in levels)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"quantile_levels must be a sequence of numbers, got {levels!r}") from exc
-    if not out:
-        raise ValueError("quantile_levels must not be empty")
-    bad = [q for q in out if not (0.0 < q < 1.0)]
-    if bad:
-        raise ValueError(f"quantile levels must lie strictly between 0 and 1, got {bad}")
-    return out
+    """Validate user-requested quantile levels (``tirex.validation.check_quantile_levels``)."""
+    return check_quantile_levels(levels)
 
 
 def interpolate_quantiles(
@@ -29,12 +23,11 @@ def interpolate_quantiles(
 ) -> torch.Tensor:
     """Quantiles at ``levels`` from quantiles at ``model_levels``.
 
-    The model's quantiles are sorted first (so the result is monotone in the level). Levels
-    inside the model's range are interpolated linearly in the level; levels outside are
-    extrapolated along a normal tail: ``x(q) = x(q_edge) + (z(q) - z(q_edge)) * slope``, where the
-    slope (value per unit of normal z-score) is taken from the two outermost model levels. Asking for
-    exactly the model's own levels returns them untouched (as the reference does, possibly crossing);
-    any other request is monotone in the level.
+    The model's quantiles are sorted first (``forecast`` has already done so; sorting never makes
+    the quantile loss worse), so the result is monotone in the level. Levels inside the model's
+    range are interpolated linearly in the level; levels outside are extrapolated along a normal
+    tail: ``x(q) = x(q_edge) + (z(q) - z(q_edge)) * slope``, where the slope (value per unit of normal
+    z-score) is taken from the two outermost model levels.
 
     Args:
         values: (..., len(model_levels)).
@@ -42,10 +35,9 @@ def interpolate_quantiles(
         (..., len(levels)).
     """
     model_levels = list(model_levels)
-    if list(levels) == model_levels:
-        return values
     srt = values.sort(dim=-1).values
-    lv = torch.tensor(model_levels, dtype=values.dtype, device=values.device)
+    if list(levels) == model_levels:
+        return srt
     outs = []
     for q in levels:
         if q in model_levels:
@@ -59,7 +51,12 @@ def interpolate_quantiles(
             z_edge = _NORMAL.inv_cdf(model_levels[edge])
             outs.append(srt[..., edge] + (_NORMAL.inv_cdf(q) - z_edge) * slope)
             continue
-        j = int(torch.searchsorted(lv, torch.tensor(q, dtype=values.dtype)).item())
+        j = bisect.bisect_left(model_levels, q)
         w = (q - model_levels[j - 1]) / (model_levels[j] - model_levels[j - 1])
-        outs.append(srt[..., j - 1] * (1 - w) + srt[..., j] * w)
-    return torch.stack(outs, dim=-1)
+        outs.append(srt[..., j - 1] + w * (srt[..., j] - srt[..., j - 1]))
+    out = torch.stack(outs, dim=-1)
+    # rounding can put an interpolated value a unit in the last place past its neighbour (e.g. between two
+    # equal quantiles): sorting in the order of the levels keeps the result monotone in the level
+    order = sorted(range(len(levels)), key=lambda i: levels[i])
+    out[..., order] = out[..., order].sort(dim=-1).values
+    return out

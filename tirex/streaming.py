@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import torch
 
-from .inputs import check_prediction_length, to_series_list
+from .forecast import _check_finite, _to_output_dtype
+from .inputs import pad_batch, power_of_two_scale
 from .scaling import fit_scale, patch_tokens, window
 from .slstm import SLSTMState
+from .validation import check_prediction_length, check_update, to_series_list
 
 
 class Stream:
@@ -35,9 +37,12 @@ class Stream:
         cfg = model.config
         self.model = model
         self.patch_size = p = cfg.patch_size
-        ctx = torch.full((len(series), max(s.numel() for s in series)), float("nan"))
-        for i, s in enumerate(series):
-            ctx[i, ctx.shape[1] - s.numel():] = s.float()
+        # exact power-of-two rescaling, as in forecast: values beyond float32's range stay finite
+        self.factors = torch.tensor([power_of_two_scale(s) for s in series], dtype=torch.float64).view(-1, 1)
+        ctx = pad_batch([s / float(f) for s, f in zip(series, self.factors.view(-1))])
+        # the largest magnitude of each series, for the message of a non-finite forecast (_check_finite)
+        self._peaks = [s[torch.isfinite(s)].abs().amax(dim=0, keepdim=True) if torch.isfinite(s).any() else s[:0]
+                       for s in series]
         # tokens are aligned to the end of the context, as in a forecasting pass
         x = window(ctx, cfg.context_length)
         self.loc, self.scale = fit_scale(x)
@@ -55,12 +60,11 @@ class Stream:
     @torch.no_grad()
     def update(self, values) -> None:
         """Append new observations, (batch, n) or (n,) for a single series; NaN marks missing values."""
-        values = torch.as_tensor(values, dtype=torch.float32)
-        if values.ndim == 1:
-            values = values.unsqueeze(0)
-        if values.ndim != 2 or values.shape[0] != self.loc.shape[0]:
-            raise ValueError(f"update expects ({self.loc.shape[0]}, n) values, got shape {tuple(values.shape)}")
-        values = torch.where(torch.isinf(values), torch.nan, values)
+        values = check_update(values, self.loc.shape[0]) / self.factors
+        if bool((values.abs() > torch.finfo(torch.float32).max).any()):
+            raise ValueError("update values are far beyond the magnitude of the stream's initial context (they overflow "
+                             "the scaling fitted on it); start a new stream with a context that includes such values")
+        values = values.float()
         buf = torch.cat([self.partial, values], dim=1)
         full = buf.shape[1] // self.patch_size * self.patch_size
         if full:
@@ -71,7 +75,8 @@ class Stream:
 
     @torch.no_grad()
     def forecast(self, prediction_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Quantiles (batch, H, levels) and median (batch, H) from the current state; the state is not changed."""
+        """Quantiles (batch, H, levels), sorted along the level, and the median (batch, H) from the current
+        state; the state is not changed. float32, or float64 when a value does not fit float32."""
         h = check_prediction_length(prediction_length)
         p, r = self.patch_size, self.partial.shape[1]
         cfg = self.model.config
@@ -89,5 +94,8 @@ class Stream:
             pieces.append(out_seq[:, -1])
             have += p
         q = torch.cat(pieces, dim=-1)[..., :h] * self.scale.unsqueeze(-1) + self.loc.unsqueeze(-1)
-        q = q.transpose(1, 2)  # (batch, H, quantiles)
+        q = q.transpose(1, 2).sort(dim=-1).values  # (batch, H, quantiles), monotone in the level
+        q = q.double() * self.factors.unsqueeze(-1)
+        _check_finite(q, self._peaks)
+        q = _to_output_dtype(q)
         return q, q[..., cfg.median_index]

@@ -144,7 +144,7 @@ def _prepare_rich(body: ForecastRequest, horizon: int, options: dict) -> Prepare
         "target": np.concatenate([np.array(item.values, dtype=np.float64) for item in body.series]),
     })
     with field("series"):
-        data = long_series(frame, horizon, "item_id", "timestamp", "target", freq=body.freq)
+        data = long_series(frame, horizon, "item_id", "timestamp", "target", layout="long", freq=body.freq)
     row_of = {key: row for row, key in enumerate(data.ids)}
     return Prepared(data.series, **options, frame=data, order=[row_of[key] for key in keys],
                     item_ids=[item.item_id for item in body.series])
