@@ -381,23 +381,9 @@ def _embed_dataframe(model, df, run: dict, id_column=None, timestamp_column=None
     """Long DataFrame (id, timestamp, target) -> DataFrame indexed by the series ids, one column per entry."""
     import pandas as pd
 
-    from .frames import _pick
-    from .io import ID_CANDIDATES, TARGET_CANDIDATES, TIME_CANDIDATES, parse_timestamps
+    from .frames import long_series
 
-    id_col = _pick(df, id_column, ID_CANDIDATES, "id")
-    ts_col = _pick(df, timestamp_column, TIME_CANDIDATES, "timestamp")
-    target_col = _pick(df, target_column, TARGET_CANDIDATES, "target")
-    if df.empty:
-        raise ValueError("the DataFrame is empty")
-    if not pd.api.types.is_numeric_dtype(df[target_col]):
-        raise TypeError(f"target column {target_col!r} is not numeric (dtype {df[target_col].dtype})")
-    timestamps = parse_timestamps(df[ts_col])
-    if timestamps.isna().any():
-        raise ValueError(f"timestamp column {ts_col!r} has values that are not timestamps")
-    frame = df.assign(**{ts_col: timestamps}).sort_values([id_col, ts_col], kind="stable")
-    ids, values = [], []
-    for item, group in frame.groupby(id_col, sort=False):
-        ids.append(item)
-        values.append(group[target_col].to_numpy(dtype=np.float64))
-    vectors = embed_series(model, to_series_list(values), **run).numpy()
-    return pd.DataFrame(vectors, index=pd.Index(ids, name=id_col))
+    # the same validation as forecast's tables (tirex.io.validate_table): columns, ids, timestamps, gaps
+    data = long_series(df, 1, id_column, timestamp_column, target_column, layout="long")
+    vectors = embed_series(model, data.series, **run).numpy()
+    return pd.DataFrame(vectors, index=pd.Index(data.ids, name=data.id_column or "item_id"))
