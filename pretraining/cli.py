@@ -50,6 +50,8 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config key (YAML value), e.g. --set optim.lr=3e-4; repeatable")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log files only)")
+    p.add_argument("--export", nargs=2, metavar=("CHECKPOINT", "DIR"),
+                   help="write a checkpoint of a run (checkpoints/*.ckpt) as a load_model folder and exit; no training")
     p.set_defaults(func=run)
     return p
 
@@ -77,9 +79,13 @@ def run(args) -> int:
     """Run the ``pretrain`` subcommand; returns the process exit code."""
     from .config import ConfigError
     from .datamodule import DataError
-    from .train import train
+    from .train import export_checkpoint, train
 
     try:
+        if args.export:
+            folder = export_checkpoint(*args.export)
+            print(f"wrote {folder} (load_model({str(folder)!r}))")
+            return 0
         summary = train(
             _config_path(args.config), args.output_dir, max_steps=args.max_steps, resume=args.resume,
             overrides=_overrides(args), progress_bar=not args.no_progress,

@@ -76,6 +76,35 @@ def load_initial_weights(module: TiRexPretrainModule, source: str | Path) -> Non
     log.info("initial weights from %s", path)
 
 
+def export_checkpoint(checkpoint: str | Path, directory: str | Path) -> Path:
+    """Write one of our Lightning checkpoints (``checkpoints/*.ckpt``) as a ``load_model`` folder
+    (``config.json`` + ``model.safetensors``), e.g. to score or ship a checkpoint of a run still training.
+    The model config comes from the checkpoint itself; only tensors are read (``weights_only``)."""
+    from tirex import TiRexModel
+    from tirex.checkpoint import CheckpointError, check_state
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise ConfigError(f"cannot read checkpoint {path}: {exc}") from exc
+    inner = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    config = (ckpt.get("hyper_parameters") or {}).get("config") if isinstance(ckpt, dict) else None
+    if not inner or config is None or not all(k.startswith("model.") for k in inner):
+        raise ConfigError(f"{path} is not a checkpoint of `tirex pretrain` (no model config or model.* weights)")
+    model = TiRexModel(load_config(config).model)
+    state = {k.removeprefix("model."): v.float() for k, v in inner.items()}
+    try:
+        check_state(model.state_dict(), state, str(path))
+    except CheckpointError as exc:
+        raise ConfigError(f"weights in {path} do not fit its own model config ({exc})") from exc
+    model.load_state_dict(state)
+    model.save_pretrained(directory)
+    return Path(directory)
+
+
 def _precision(config: TrainConfig) -> str:
     t = config.trainer
     if t.precision:

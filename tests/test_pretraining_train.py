@@ -199,3 +199,27 @@ def test_warm_start_from_a_different_architecture_fails_before_training(corpus, 
         train(dict(config, trainer=dict(config["trainer"], init_from=str(tmp_path / "nope"))), tmp_path / "x",
               progress_bar=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_export_writes_a_checkpoint_as_a_model_folder(corpus, tmp_path, capsys):
+    from tirex_pretraining import ConfigError
+    from tirex_pretraining.cli import main
+    from tirex_pretraining.train import export_checkpoint
+
+    run = train(tiny_config(corpus, max_steps=12), tmp_path / "run", progress_bar=False)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert main(["pretrain", "--export", str(last), str(tmp_path / "exported")]) == 0
+    assert "exported" in capsys.readouterr().out
+    exported, final = load_model(tmp_path / "exported"), load_model(run["model_dir"])
+    assert exported.config == final.config
+    for key, value in final.state_dict().items():  # the last checkpoint holds the final weights
+        torch.testing.assert_close(exported.state_dict()[key], value, msg=key)
+    context = torch.linspace(0, 3, 96).sin()
+    for ours, theirs in zip(exported.forecast(context, 8), final.forecast(context, 8)):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+    # A file that is not one of our checkpoints is refused with a message, not a KeyError.
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.ckpt")
+    with pytest.raises(ConfigError, match="not a checkpoint of `tirex pretrain`"):
+        export_checkpoint(tmp_path / "other.ckpt", tmp_path / "x")
+    assert main(["pretrain", "--export", str(tmp_path / "missing.ckpt"), str(tmp_path / "y")]) == 2
+    assert "does not exist" in capsys.readouterr().err
