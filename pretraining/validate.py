@@ -24,6 +24,7 @@ each stratum, so "B beats A by 0.01" can be told apart from noise.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -103,19 +104,56 @@ def forecast_tasks(predict, tasks: list[dict], batch_size: int = 256) -> list[np
 
 
 def _predictor(name: str, source: str, levels):
-    """``predict(contexts, h, season)`` for a load_model source or a named baseline."""
+    """``(predict(contexts, h, season), identity)`` for a load_model source or a named baseline; the identity
+    names the exact model (a digest of its config and weights), so cached scores are reused only for it."""
     if source == "fracast-0":
+        from importlib.metadata import version
+
         from tirex_eval.fracast_adapter import FracastForecaster
 
         model = FracastForecaster()
-        return lambda ctx, h, season: model.predict_quantiles(ctx, h, levels, season)[0]
+        return (lambda ctx, h, season: model.predict_quantiles(ctx, h, levels, season)[0]), f"fracast-0-{version('fracast')}"
     from tirex import load_model
+    from tirex.distributed.engine import model_digest
 
     model = load_model(source)
     if [round(q, 6) for q in model.config.quantile_levels] != [round(q, 6) for q in levels]:
         raise ValueError(f"{name}: predicts levels {model.config.quantile_levels}, validation uses {list(levels)}")
-    return lambda ctx, h, season: model.forecast([torch.from_numpy(c) for c in ctx], prediction_length=h,
-                                                 output_type="numpy")[0]
+    predict = lambda ctx, h, season: model.forecast([torch.from_numpy(c) for c in ctx], prediction_length=h,  # noqa: E731
+                                                    output_type="numpy")[0]
+    return predict, model_digest(model)
+
+
+def tasks_digest(tasks: list[dict], levels) -> str:
+    """A digest of the validation windows (contexts, targets, seasons, strata, series) and the levels."""
+    digest = hashlib.sha256(json.dumps([round(float(q), 6) for q in levels]).encode())
+    for t in tasks:
+        digest.update(f"{t['series']}|{t['stratum']}|{t['season']}|{len(t['context'])}|{len(t['target'])}|".encode())
+        digest.update(np.ascontiguousarray(t["context"], dtype=np.float64).tobytes())
+        digest.update(np.ascontiguousarray(t["target"], dtype=np.float64).tobytes())
+    return digest.hexdigest()
+
+
+def model_scores(name: str, source: str, tasks: list[dict], levels, batch_size: int = 256,
+                 cache_dir: Path | None = None, tasks_key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-window (MASE, sQL) of one model; with ``cache_dir``, read from / written to a file named by the
+    windows' digest and the model's identity (its weights), so re-scoring a model on the same windows is free."""
+    predict, identity = _predictor(name, source, levels)
+    path = None
+    if cache_dir is not None:
+        key = hashlib.sha256(f"{tasks_key or tasks_digest(tasks, levels)}|{identity}".encode()).hexdigest()[:24]
+        path = Path(cache_dir) / f"scores-{key}.npz"
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as cached:
+                if len(cached["mase"]) == len(tasks):
+                    return cached["mase"], cached["sql"]
+    mase, sql = scaled_losses(tasks, forecast_tasks(predict, tasks, batch_size), levels)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, mase=mase, sql=sql, source=np.array(str(source)), identity=np.array(identity))
+        tmp.replace(path)
+    return mase, sql
 
 
 def seasonal_naive_quantiles(tasks: list[dict], num_levels: int) -> list[np.ndarray]:
@@ -143,11 +181,13 @@ def _bootstrap_indices(series: np.ndarray, strata: np.ndarray, names, replicates
         yield np.concatenate(picked)
 
 
-def validate(models: dict[str, str], config, windows: int = 3, batch_size: int = 256, replicates: int = 200) -> dict:
+def validate(models: dict[str, str], config, windows: int = 3, batch_size: int = 256, replicates: int = 200,
+             cache_dir: Path | None = None) -> dict:
     """Score models (name -> ``load_model`` source, or "fracast-0") on the config's held-out pool series.
 
     Returns per-model, per-stratum MASE and sQL relative to Seasonal Naive, their geometric means over the
-    strata, and paired differences to the first model with bootstrap standard errors.
+    strata, and paired differences to the first model with bootstrap standard errors. ``cache_dir`` keeps
+    each model's per-window scores (keyed by the windows and the model's weights) for later comparisons.
     """
     from tirex import DEFAULT_QUANTILE_LEVELS
 
@@ -157,9 +197,8 @@ def validate(models: dict[str, str], config, windows: int = 3, batch_size: int =
     if not tasks:
         raise ValueError("no validation windows: the held-out series are too short")
     levels = list(DEFAULT_QUANTILE_LEVELS)
-    results = {}
-    for name, source in models.items():
-        results[name] = scaled_losses(tasks, forecast_tasks(_predictor(name, source, levels), tasks, batch_size), levels)
+    key = tasks_digest(tasks, levels)
+    results = {name: model_scores(name, source, tasks, levels, batch_size, cache_dir, key) for name, source in models.items()}
     sn_mase, sn_sql = scaled_losses(tasks, seasonal_naive_quantiles(tasks, len(levels)), levels)
     valid = np.isfinite(sn_mase) & np.all([np.isfinite(m) for m, _ in results.values()], axis=0)
     series = np.array([t["series"] for t in tasks])[valid]
@@ -220,6 +259,8 @@ def main(argv=None) -> int:
     p.add_argument("--windows", type=int, default=3, help="rolling origins per held-out series")
     p.add_argument("--replicates", type=int, default=200, help="bootstrap resamples for the standard errors")
     p.add_argument("--json", type=Path, help="also write the summary here")
+    p.add_argument("--cache-dir", type=Path, help="keep per-window scores here (by windows and model weights): a model "
+                   "scored once, e.g. the current bundled one, is not forecast again")
     args = p.parse_args(argv)
     from .cli import _config_path
 
@@ -228,7 +269,8 @@ def main(argv=None) -> int:
         name, sep, source = item.partition("=")
         models[name if sep else item] = source if sep else item
     try:
-        summary = validate(models, _config_path(args.config), args.windows, replicates=args.replicates)
+        summary = validate(models, _config_path(args.config), args.windows, replicates=args.replicates,
+                           cache_dir=args.cache_dir)
     except (ValueError, FileNotFoundError) as exc:
         print(f"validate: error: {exc}", file=sys.stderr)
         return 2

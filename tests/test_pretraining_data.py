@@ -319,6 +319,33 @@ def test_pool_validation_scores_models_on_the_same_held_out_windows(tmp_path, go
     assert np.isfinite(a["MASE_geomean"]) and a["MASE_geomean"] > 0
 
 
+def test_pool_validation_cache_reuses_scores_of_the_same_weights_only(tmp_path, good_corpus, monkeypatch):
+    from tirex_pretraining import validate as v
+
+    cfg = small_config(good_corpus, val_fraction=0.3)
+    torch.manual_seed(0)
+    init_tirex_weights(TiRexModel(load_config(cfg).model)).save_pretrained(tmp_path / "m")
+    torch.manual_seed(1)
+    init_tirex_weights(TiRexModel(load_config(cfg).model)).save_pretrained(tmp_path / "other")
+    cache = tmp_path / "cache"
+    first = v.validate({"a": str(tmp_path / "m")}, cfg, windows=2, replicates=10, cache_dir=cache)
+    assert len(list(cache.glob("scores-*.npz"))) == 1
+    forecasts = []
+    original = v.forecast_tasks
+    monkeypatch.setattr(v, "forecast_tasks", lambda *a, **k: forecasts.append(1) or original(*a, **k))
+    # The same weights under another name and path: read from the cache, the same scores.
+    (tmp_path / "copy").mkdir()
+    for f in (tmp_path / "m").iterdir():
+        (tmp_path / "copy" / f.name).write_bytes(f.read_bytes())
+    again = v.validate({"b": str(tmp_path / "copy")}, cfg, windows=2, replicates=10, cache_dir=cache)
+    assert forecasts == [] and again["models"]["b"]["sQL"] == first["models"]["a"]["sQL"]
+    # Other weights, or other windows: forecast again.
+    v.validate({"a": str(tmp_path / "m"), "o": str(tmp_path / "other")}, cfg, windows=2, replicates=10, cache_dir=cache)
+    assert forecasts == [1]
+    v.validate({"a": str(tmp_path / "m")}, cfg, windows=1, replicates=10, cache_dir=cache)
+    assert forecasts == [1, 1] and len(list(cache.glob("scores-*.npz"))) == 3
+
+
 def test_pool_validation_cli_labels_models_and_reports_bad_input(tmp_path, good_corpus, capsys):
     import json
 
