@@ -28,6 +28,7 @@ from tirex.scaling import window
 from .callbacks import StderrProgressBar, StopAfter
 from .threads import trains_on_cpu, training_threads
 from .module import TiRexPretrainModule
+from .quiet import quiet_lightning
 
 MODES = ("full", "head")
 DEFAULT_LR = {"full": 1e-4, "head": 1e-3}
@@ -281,36 +282,37 @@ def finetune(
     best_ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val_loss", mode="min",
                                 save_top_k=1, save_last=True, every_n_train_steps=None)
     val_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(contexts, targets), batch_size=256)
-    trainer = L.Trainer(
-        max_steps=max_steps,
-        accelerator=accelerator,
-        devices=1,
-        val_check_interval=val_every_n_steps,
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        gradient_clip_val=1.0,
-        callbacks=[best_ckpt, EarlyStopping(monitor="val_loss", mode="min", patience=patience)]
-        + ([StopAfter(stop_after_step)] if stop_after_step else []) + ([StderrProgressBar()] if progress else []),
-        logger=L.pytorch.loggers.CSVLogger(save_dir=run_dir, name="logs"),
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        enable_checkpointing=True,
-        default_root_dir=run_dir,
-        deterministic=False,
-    )
-    L.seed_everything(seed, verbose=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(training_threads(num_threads, trains_on_cpu(accelerator)))
-    try:
-        train_loader = torch.utils.data.DataLoader(_Steps(), batch_size=None)
-        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
-        if best_ckpt.best_model_path:
-            state = torch.load(best_ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-            tuned.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
-    finally:
-        torch.set_num_threads(threads)
-        if tmp:
-            tmp.cleanup()
+    with quiet_lightning(resuming=bool(resume)):
+        trainer = L.Trainer(
+            max_steps=max_steps,
+            accelerator=accelerator,
+            devices=1,
+            val_check_interval=val_every_n_steps,
+            check_val_every_n_epoch=None,
+            num_sanity_val_steps=0,
+            gradient_clip_val=1.0,
+            callbacks=[best_ckpt, EarlyStopping(monitor="val_loss", mode="min", patience=patience)]
+            + ([StopAfter(stop_after_step)] if stop_after_step else []) + ([StderrProgressBar()] if progress else []),
+            logger=L.pytorch.loggers.CSVLogger(save_dir=run_dir, name="logs"),
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            enable_checkpointing=True,
+            default_root_dir=run_dir,
+            deterministic=False,
+        )
+        L.seed_everything(seed, verbose=False)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(training_threads(num_threads, trains_on_cpu(accelerator)))
+        try:
+            train_loader = torch.utils.data.DataLoader(_Steps(), batch_size=None)
+            trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
+            if best_ckpt.best_model_path:
+                state = torch.load(best_ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+                tuned.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+        finally:
+            torch.set_num_threads(threads)
+            if tmp:
+                tmp.cleanup()
     tuned = tuned.cpu().eval()
     tuned.set_recurrence_dtype(cfg.recurrence_dtype)
     for p in tuned.parameters():

@@ -30,6 +30,7 @@ from .threads import trains_on_cpu, training_threads
 from .config import ConfigError, TrainConfig, load_config
 from .datamodule import PretrainDataModule
 from .module import TiRexPretrainModule
+from .quiet import quiet_lightning
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,8 @@ def train(
     num_threads = training_threads(cfg.trainer.num_threads, trains_on_cpu(cfg.trainer.accelerator))
     torch.set_num_threads(num_threads)
     try:
-        return {**_fit(cfg, run_dir, ckpt_path, stop_after_step, progress_bar), "num_threads": num_threads}
+        with quiet_lightning(resuming=ckpt_path is not None):
+            return {**_fit(cfg, run_dir, ckpt_path, stop_after_step, progress_bar), "num_threads": num_threads}
     finally:
         torch.set_num_threads(threads)
 

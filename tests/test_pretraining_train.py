@@ -223,3 +223,34 @@ def test_export_writes_a_checkpoint_as_a_model_folder(corpus, tmp_path, capsys):
         export_checkpoint(tmp_path / "other.ckpt", tmp_path / "x")
     assert main(["pretrain", "--export", str(tmp_path / "missing.ckpt"), str(tmp_path / "y")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_lightning_noise_is_silenced_and_other_warnings_still_show(corpus, tmp_path):
+    import warnings
+
+    import yaml
+
+    # In a real process (pytest's own capture hides what Lightning prints): a run, then its resumption.
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(corpus, max_steps=8)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "default"}
+    printed = ""
+    for extra in (["--max-steps", "4"], ["--resume"]):
+        done = subprocess.run([sys.executable, "-m", "tirex_pretraining", "pretrain", "--config", str(config),
+                               "--output-dir", str(tmp_path / "run"), "--no-progress", *extra],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        printed += done.stdout + done.stderr
+    assert "LeafSpec" not in printed and "exists and is not empty" not in printed, printed
+    assert "Tip" not in printed and "litlogger" not in printed, printed
+    assert "GPU available" in printed  # Lightning's own information stays
+    # The filters end with the run: a warning of the caller's own still shows.
+    from tirex_pretraining.quiet import quiet_lightning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_lightning(resuming=True):
+            warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated")
+        warnings.warn("a warning of the caller's own", UserWarning)
+        warnings.warn("Checkpoint directory x exists and is not empty", UserWarning)
+    assert [str(w.message) for w in caught] == ["a warning of the caller's own", "Checkpoint directory x exists and is not empty"]
