@@ -61,10 +61,14 @@ class SeriesSet:
     freqs: list[str] = field(default_factory=list)
     # what a validation series is: "series" (held out whole) or "tail" (only its last horizons are unseen)
     kinds: list[str] = field(default_factory=list)
+    # where each series comes from: the name of the set it was added to ("pool", "pool/tails", ...)
+    sources: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if len(self.kinds) != len(self.values):
             self.kinds = ["series"] * len(self.values)
+        if len(self.sources) != len(self.values):
+            self.sources = [self.name] * len(self.values)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -73,11 +77,13 @@ class SeriesSet:
         self.values.append(np.asarray(values, dtype=np.float32).ravel())
         self.freqs.append(freq)
         self.kinds.append(kind)
+        self.sources.append(self.name)
 
     def extend(self, other: "SeriesSet") -> None:
         self.values.extend(other.values)
         self.freqs.extend(other.freqs)
         self.kinds.extend(other.kinds)
+        self.sources.extend(other.sources)
 
     @property
     def num_values(self) -> int:
@@ -85,7 +91,7 @@ class SeriesSet:
 
     def subset(self, index, name: str | None = None) -> "SeriesSet":
         return SeriesSet(name or self.name, [self.values[i] for i in index], [self.freqs[i] for i in index],
-                         [self.kinds[i] for i in index])
+                         [self.kinds[i] for i in index], [self.sources[i] for i in index])
 
     def clean(self, min_length: int) -> tuple["SeriesSet", dict[str, int]]:
         """Trim leading/trailing NaN and drop series with fewer than ``min_length`` values; counts what was dropped."""

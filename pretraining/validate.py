@@ -182,17 +182,24 @@ def _bootstrap_indices(series: np.ndarray, strata: np.ndarray, names, replicates
 
 
 def validate(models: dict[str, str], config, windows: int = 3, batch_size: int = 256, replicates: int = 200,
-             cache_dir: Path | None = None) -> dict:
+             cache_dir: Path | None = None, exclude: tuple[str, ...] = ()) -> dict:
     """Score models (name -> ``load_model`` source, or "fracast-0") on the config's held-out pool series.
 
     Returns per-model, per-stratum MASE and sQL relative to Seasonal Naive, their geometric means over the
     strata, and paired differences to the first model with bootstrap standard errors. ``cache_dir`` keeps
     each model's per-window scores (keyed by the windows and the model's weights) for later comparisons.
+    ``exclude`` drops validation series by origin: "pool" (a source's held-out series), "pool/tails" (the
+    held-out tails of its training series), e.g. windows that an earlier model was trained on.
     """
     from tirex import DEFAULT_QUANTILE_LEVELS
 
     cfg = load_config(config)
     _, val = split_sources(cfg, load_sources(cfg))
+    if exclude:
+        unknown = set(exclude) - set(val.sources)
+        if unknown:
+            raise ValueError(f"exclude: no validation series come from {sorted(unknown)}; origins: {sorted(set(val.sources))}")
+        val = val.subset([i for i, origin in enumerate(val.sources) if origin not in exclude], "val")
     tasks = validation_tasks(val.values, val.freqs, windows, val.kinds, cfg.data.val_tail_windows or None)
     if not tasks:
         raise ValueError("no validation windows: the held-out series are too short")
@@ -207,6 +214,7 @@ def validate(models: dict[str, str], config, windows: int = 3, batch_size: int =
     sn_mase, sn_sql = sn_mase[valid], sn_sql[valid]
     summary = {
         "tasks": int(valid.sum()),
+        "excluded": list(exclude),
         "series": int(len(np.unique(series))),
         "strata": {s: {"forecasts": int((strata == s).sum()), "series": int(len(np.unique(series[strata == s])))}
                    for s in names},
@@ -259,6 +267,9 @@ def main(argv=None) -> int:
     p.add_argument("--windows", type=int, default=3, help="rolling origins per held-out series")
     p.add_argument("--replicates", type=int, default=200, help="bootstrap resamples for the standard errors")
     p.add_argument("--json", type=Path, help="also write the summary here")
+    p.add_argument("--exclude", action="append", default=[], metavar="ORIGIN",
+                   help="leave out validation series of this origin (repeatable): SOURCE for a source's held-out "
+                   "series, SOURCE/tails for the held-out tails of its training series, e.g. pool/tails")
     p.add_argument("--cache-dir", type=Path, help="keep per-window scores here (by windows and model weights): a model "
                    "scored once, e.g. the current bundled one, is not forecast again")
     args = p.parse_args(argv)
@@ -270,11 +281,13 @@ def main(argv=None) -> int:
         models[name if sep else item] = source if sep else item
     try:
         summary = validate(models, _config_path(args.config), args.windows, replicates=args.replicates,
-                           cache_dir=args.cache_dir)
+                           cache_dir=args.cache_dir, exclude=tuple(args.exclude))
     except (ValueError, FileNotFoundError) as exc:
         print(f"validate: error: {exc}", file=sys.stderr)
         return 2
-    print(f"{summary['tasks']} forecasts on {summary['series']} held-out pool series; sQL / MASE relative to Seasonal Naive")
+    left_out = f" (left out: {', '.join(summary['excluded'])})" if summary["excluded"] else ""
+    print(f"{summary['tasks']} forecasts on {summary['series']} held-out pool series{left_out}; "
+          "sQL / MASE relative to Seasonal Naive")
     print(format_table(summary))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))

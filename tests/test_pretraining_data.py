@@ -442,3 +442,35 @@ def test_seasonal_naive_fills_gaps_forward():
     np.testing.assert_array_equal(seasonal_naive(x, 1, 2), [4, 4])
     np.testing.assert_array_equal(seasonal_naive(x, 2, 3), [4, 4, 4])  # filled: [nan 1 2 2 4 4]
     np.testing.assert_array_equal(seasonal_naive(np.array([1, 2, 3, 4], np.float32), 2, 3), [3, 4, 3])
+
+
+def test_validation_series_remember_their_origin_and_can_be_left_out(good_corpus, monkeypatch):
+    from tirex_pretraining import validate as v
+    from tirex_pretraining.corpus import SeriesSet
+    from tirex_pretraining.datamodule import split_sources
+
+    s = SeriesSet("a")
+    s.add(np.arange(5.0), "D")
+    other = SeriesSet("b")
+    other.add(np.arange(3.0), "H", kind="tail")
+    s.extend(other)
+    assert s.sources == ["a", "b"] and s.subset([1]).sources == ["b"] and s.subset([1]).kinds == ["tail"]
+
+    # Held-out tails are tagged "<source>/tails", whole held-out series "<source>".
+    rng = np.random.default_rng(0)
+    long = [np.sin(np.arange(1500) / 4).astype(np.float32) + rng.normal(0, 0.1, 1500).astype(np.float32) for _ in range(8)]
+    real = {"pool": SeriesSet("pool", long, ["H"] * 8)}
+    cfg = load_config(dict(small_config(good_corpus), data={"sources": [{"type": "pool"}], "val_fraction": 0.4,
+                           "val_tail_windows": 1, "val_tail_freqs": ["H"], "val_tail_min_length": 1000}))
+    _, val = split_sources(cfg, real)
+    assert set(val.sources) == {"pool", "pool/tails"}, val.sources
+    assert [k == "tail" for k in val.kinds] == [o == "pool/tails" for o in val.sources]
+
+    # validate(exclude=...) scores only the other origins, and names an origin that does not exist.
+    monkeypatch.setattr(v, "load_sources", lambda cfg: real)
+    every = v.validate({"m": "fracast-0"}, cfg, windows=1, replicates=5)
+    whole = v.validate({"m": "fracast-0"}, cfg, windows=1, replicates=5, exclude=("pool/tails",))
+    assert every["series"] == len(val) and whole["series"] == val.sources.count("pool") > 0
+    assert whole["excluded"] == ["pool/tails"]
+    with pytest.raises(ValueError, match="no validation series come from"):
+        v.validate({"m": "fracast-0"}, cfg, windows=1, replicates=5, exclude=("nowhere",))
