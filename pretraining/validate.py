@@ -247,6 +247,40 @@ def validate(models: dict[str, str], config, windows: int = 3, batch_size: int =
     return summary
 
 
+GUARDED_STRATA = ("monthly", "quarterly", "yearly")  # what the M1/M3/Tourism suite measures
+
+
+def apply_rule(summary: dict, guarded=GUARDED_STRATA) -> dict[str, dict]:
+    """The selection rule against the first model of ``summary`` (the model in use), for every other one:
+    it qualifies if its aggregate sQL beats the first by more than one paired standard error and it is not
+    worse on any ``guarded`` stratum by more than one paired standard error of that stratum. The winner is
+    the qualifying model with the lowest aggregate sQL (``None``: keep the first)."""
+    first, *others = summary["models"]
+    verdicts: dict[str, dict] = {}
+    for name in others:
+        row = summary["models"][name]
+        diff, se = row["sQL_geomean_minus_first"], row["sQL_geomean_minus_first_se"]
+        worse = [s for s in guarded if s in row["sQL_minus_first"]
+                 and row["sQL_minus_first"][s] > row["sQL_minus_first_se"][s]]
+        beats = diff < -se
+        verdicts[name] = {"beats_first": bool(beats), "worse_on": worse, "qualifies": bool(beats and not worse)}
+    qualified = [n for n, v in verdicts.items() if v["qualifies"]]
+    winner = min(qualified, key=lambda n: summary["models"][n]["sQL_geomean"]) if qualified else None
+    return {"first": first, "verdicts": verdicts, "winner": winner}
+
+
+def format_rule(decision: dict) -> str:
+    lines = []
+    for name, v in decision["verdicts"].items():
+        why = "qualifies" if v["qualifies"] else (
+            "does not beat " + decision["first"] + " by > 1 s.e." if not v["beats_first"] else "")
+        if v["worse_on"]:
+            why = (why + "; " if why and not v["qualifies"] else "") + "worse by > 1 s.e. on " + ", ".join(v["worse_on"])
+        lines.append(f"- {name}: {why}")
+    lines.append(f"winner: {decision['winner'] or 'none (keep ' + decision['first'] + ')'}")
+    return "\n".join(lines)
+
+
 def format_table(summary: dict) -> str:
     """A markdown table: one row per model, sQL / MASE per stratum, then the geometric means."""
     names = list(summary["strata"])
@@ -267,6 +301,8 @@ def main(argv=None) -> int:
     p.add_argument("--windows", type=int, default=3, help="rolling origins per held-out series")
     p.add_argument("--replicates", type=int, default=200, help="bootstrap resamples for the standard errors")
     p.add_argument("--json", type=Path, help="also write the summary here")
+    p.add_argument("--rule", action="store_true", help="apply the selection rule against the first model (see "
+                   "apply_rule) and print each candidate's verdict and the winner")
     p.add_argument("--exclude", action="append", default=[], metavar="ORIGIN",
                    help="leave out validation series of this origin (repeatable): SOURCE for a source's held-out "
                    "series, SOURCE/tails for the held-out tails of its training series, e.g. pool/tails")
@@ -289,6 +325,9 @@ def main(argv=None) -> int:
     print(f"{summary['tasks']} forecasts on {summary['series']} held-out pool series{left_out}; "
           "sQL / MASE relative to Seasonal Naive")
     print(format_table(summary))
+    if args.rule:
+        summary["rule"] = apply_rule(summary)
+        print(format_rule(summary["rule"]))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
     return 0

@@ -474,3 +474,28 @@ def test_validation_series_remember_their_origin_and_can_be_left_out(good_corpus
     assert whole["excluded"] == ["pool/tails"]
     with pytest.raises(ValueError, match="no validation series come from"):
         v.validate({"m": "fracast-0"}, cfg, windows=1, replicates=5, exclude=("nowhere",))
+
+
+def test_selection_rule_needs_an_aggregate_win_and_no_guarded_loss():
+    from tirex_pretraining.validate import apply_rule, format_rule
+
+    def row(geo, diff, se, strata_diff, strata_se=0.01):
+        return {"sQL_geomean": geo, "sQL_geomean_minus_first": diff, "sQL_geomean_minus_first_se": se,
+                "sQL_minus_first": strata_diff, "sQL_minus_first_se": {s: strata_se for s in strata_diff}}
+
+    zero = {"hourly": 0.0, "monthly": 0.0, "yearly": 0.0}
+    summary = {"models": {
+        "current": row(0.60, 0.0, 0.0, zero),
+        "noise": row(0.595, -0.005, 0.008, zero),                                       # within one s.e.
+        "yearly_loss": row(0.55, -0.05, 0.01, {"hourly": -0.2, "monthly": 0.0, "yearly": 0.02}),
+        "good": row(0.58, -0.02, 0.01, {"hourly": -0.1, "monthly": 0.005, "yearly": 0.0}),  # monthly +0.005 < 1 s.e.
+        "better": row(0.57, -0.03, 0.01, {"hourly": -0.1, "monthly": -0.01, "yearly": 0.009}),
+    }}
+    decision = apply_rule(summary)
+    assert {n: v["qualifies"] for n, v in decision["verdicts"].items()} == {
+        "noise": False, "yearly_loss": False, "good": True, "better": True}
+    assert decision["verdicts"]["yearly_loss"]["worse_on"] == ["yearly"]
+    assert decision["winner"] == "better"  # the lowest aggregate among those that qualify, not "yearly_loss"
+    assert "winner: better" in format_rule(decision)
+    del summary["models"]["good"], summary["models"]["better"]
+    assert apply_rule(summary)["winner"] is None and "keep current" in format_rule(apply_rule(summary))
