@@ -124,36 +124,45 @@ def _predictor(name: str, source: str, levels):
     return predict, model_digest(model)
 
 
-def tasks_digest(tasks: list[dict], levels) -> str:
-    """A digest of the validation windows (contexts, targets, seasons, strata, series) and the levels."""
-    digest = hashlib.sha256(json.dumps([round(float(q), 6) for q in levels]).encode())
+def window_digests(tasks: list[dict], levels) -> list[str]:
+    """One digest per validation window (context, target, season, stratum, series) and the levels."""
+    salt = json.dumps([round(float(q), 6) for q in levels]).encode()
+    out = []
     for t in tasks:
+        digest = hashlib.sha256(salt)
         digest.update(f"{t['series']}|{t['stratum']}|{t['season']}|{len(t['context'])}|{len(t['target'])}|".encode())
         digest.update(np.ascontiguousarray(t["context"], dtype=np.float64).tobytes())
         digest.update(np.ascontiguousarray(t["target"], dtype=np.float64).tobytes())
-    return digest.hexdigest()
+        out.append(digest.hexdigest()[:32])
+    return out
 
 
 def model_scores(name: str, source: str, tasks: list[dict], levels, batch_size: int = 256,
-                 cache_dir: Path | None = None, tasks_key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-window (MASE, sQL) of one model; with ``cache_dir``, read from / written to a file named by the
-    windows' digest and the model's identity (its weights), so re-scoring a model on the same windows is free."""
+                 cache_dir: Path | None = None, digests: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-window (MASE, sQL) of one model. With ``cache_dir``, scores are kept per window in one file per
+    model identity (a digest of its config and weights): a window scored before, in any selection of windows,
+    is not forecast again, and other weights never reuse them."""
     predict, identity = _predictor(name, source, levels)
-    path = None
-    if cache_dir is not None:
-        key = hashlib.sha256(f"{tasks_key or tasks_digest(tasks, levels)}|{identity}".encode()).hexdigest()[:24]
-        path = Path(cache_dir) / f"scores-{key}.npz"
-        if path.is_file():
-            with np.load(path, allow_pickle=False) as cached:
-                if len(cached["mase"]) == len(tasks):
-                    return cached["mase"], cached["sql"]
-    mase, sql = scaled_losses(tasks, forecast_tasks(predict, tasks, batch_size), levels)
-    if path is not None:
+    if cache_dir is None:
+        return scaled_losses(tasks, forecast_tasks(predict, tasks, batch_size), levels)
+    digests = digests or window_digests(tasks, levels)
+    path = Path(cache_dir) / f"scores-{identity[:32]}.npz"
+    known: dict[str, tuple[float, float]] = {}
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as cached:
+            known = {str(k): (float(m), float(q)) for k, m, q in zip(cached["windows"], cached["mase"], cached["sql"])}
+    missing = [k for k, d in enumerate(digests) if d not in known]
+    if missing:
+        mase, sql = scaled_losses([tasks[k] for k in missing], forecast_tasks(predict, [tasks[k] for k in missing],
+                                                                               batch_size), levels)
+        known.update({digests[k]: (float(m), float(q)) for k, m, q in zip(missing, mase, sql)})
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, mase=mase, sql=sql, source=np.array(str(source)), identity=np.array(identity))
+        keys = sorted(known)
+        np.savez(tmp, windows=np.array(keys), mase=np.array([known[k][0] for k in keys]),
+                 sql=np.array([known[k][1] for k in keys]), source=np.array(str(source)), identity=np.array(identity))
         tmp.replace(path)
-    return mase, sql
+    return np.array([known[d][0] for d in digests]), np.array([known[d][1] for d in digests])
 
 
 def seasonal_naive_quantiles(tasks: list[dict], num_levels: int) -> list[np.ndarray]:
@@ -204,8 +213,9 @@ def validate(models: dict[str, str], config, windows: int = 3, batch_size: int =
     if not tasks:
         raise ValueError("no validation windows: the held-out series are too short")
     levels = list(DEFAULT_QUANTILE_LEVELS)
-    key = tasks_digest(tasks, levels)
-    results = {name: model_scores(name, source, tasks, levels, batch_size, cache_dir, key) for name, source in models.items()}
+    digests = window_digests(tasks, levels)
+    results = {name: model_scores(name, source, tasks, levels, batch_size, cache_dir, digests)
+               for name, source in models.items()}
     sn_mase, sn_sql = scaled_losses(tasks, seasonal_naive_quantiles(tasks, len(levels)), levels)
     valid = np.isfinite(sn_mase) & np.all([np.isfinite(m) for m, _ in results.values()], axis=0)
     series = np.array([t["series"] for t in tasks])[valid]

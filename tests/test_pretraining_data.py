@@ -342,8 +342,15 @@ def test_pool_validation_cache_reuses_scores_of_the_same_weights_only(tmp_path, 
     # Other weights, or other windows: forecast again.
     v.validate({"a": str(tmp_path / "m"), "o": str(tmp_path / "other")}, cfg, windows=2, replicates=10, cache_dir=cache)
     assert forecasts == [1]
-    v.validate({"a": str(tmp_path / "m")}, cfg, windows=1, replicates=10, cache_dir=cache)
-    assert forecasts == [1, 1] and len(list(cache.glob("scores-*.npz"))) == 3
+    assert len(list(cache.glob("scores-*.npz"))) == 2  # one file per model identity
+    # Fewer windows (the last origin of each series): all scored already, and the same scores.
+    one = v.validate({"a": str(tmp_path / "m")}, cfg, windows=1, replicates=10, cache_dir=cache)
+    assert forecasts == [1]
+    # More windows than were scored: only the new ones are forecast.
+    v.validate({"a": str(tmp_path / "m")}, cfg, windows=3, replicates=10, cache_dir=cache)
+    assert forecasts == [1, 1]
+    uncached = v.validate({"a": str(tmp_path / "m")}, cfg, windows=1, replicates=10)
+    assert one["models"]["a"]["sQL"] == uncached["models"]["a"]["sQL"]
 
 
 def test_pool_validation_cli_labels_models_and_reports_bad_input(tmp_path, good_corpus, capsys):
