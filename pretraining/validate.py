@@ -264,8 +264,10 @@ def apply_rule(summary: dict, guarded=GUARDED_STRATA) -> dict[str, dict]:
     """The selection rule against the first model of ``summary`` (the model in use), for every other one:
     it qualifies if its aggregate sQL beats the first by more than one paired standard error and it is not
     worse on any ``guarded`` stratum by more than one paired standard error of that stratum. The winner is
-    the qualifying model with the lowest aggregate sQL (``None``: keep the first)."""
+    the qualifying model with the lowest aggregate sQL (``None``: keep the first). Baselines (fracast-0) are
+    reported beside the candidates but never chosen."""
     first, *others = summary["models"]
+    others = [n for n in others if summary["models"][n].get("source") not in BASELINES]  # reported, never chosen
     verdicts: dict[str, dict] = {}
     for name in others:
         row = summary["models"][name]

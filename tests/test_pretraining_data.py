@@ -497,6 +497,7 @@ def test_selection_rule_needs_an_aggregate_win_and_no_guarded_loss():
         "yearly_loss": row(0.55, -0.05, 0.01, {"hourly": -0.2, "monthly": 0.0, "yearly": 0.02}),
         "good": row(0.58, -0.02, 0.01, {"hourly": -0.1, "monthly": 0.005, "yearly": 0.0}),  # monthly +0.005 < 1 s.e.
         "better": row(0.57, -0.03, 0.01, {"hourly": -0.1, "monthly": -0.01, "yearly": 0.009}),
+        "baseline": {**row(0.50, -0.1, 0.01, zero), "source": "fracast-0"},  # reported, never chosen
     }}
     decision = apply_rule(summary)
     assert {n: v["qualifies"] for n, v in decision["verdicts"].items()} == {
