@@ -115,6 +115,7 @@ async def drive(url: str, bodies: list[bytes], seconds: float, max_requests: int
     """
     latencies: list[float] = []
     errors = 0
+    dropped = 0  # connections the server closed without answering (counted in errors too)
     stop_at = time.perf_counter() + seconds
 
     def more() -> bool:
@@ -123,6 +124,7 @@ async def drive(url: str, bodies: list[bytes], seconds: float, max_requests: int
     async def raw_client(body: bytes):
         # one keep-alive HTTP/1.1 connection per client; a few microseconds of client CPU per request
         nonlocal errors
+        nonlocal dropped
         host, port = url.removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))
         request = (f"POST /forecast/mean HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
@@ -130,11 +132,19 @@ async def drive(url: str, bodies: list[bytes], seconds: float, max_requests: int
         try:
             while more():
                 started = time.perf_counter()
-                writer.write(request)
-                await writer.drain()
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
-                await reader.readexactly(length)
+                try:
+                    writer.write(request)
+                    await writer.drain()
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+                    await reader.readexactly(length)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    # the server closed the connection without an answer: an error, then a new connection
+                    errors += 1
+                    dropped += 1
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, int(port))
+                    continue
                 if head.startswith(b"HTTP/1.1 200"):
                     latencies.append(time.perf_counter() - started)
                 else:
@@ -160,6 +170,8 @@ async def drive(url: str, bodies: list[bytes], seconds: float, max_requests: int
 
     client = raw_client if kind == "raw" else httpx_client
     await asyncio.gather(*(client(b) for b in bodies))
+    if dropped:
+        print(f"  {dropped} connection(s) closed by the server without an answer (counted as errors)", flush=True)
     return latencies, errors
 
 
