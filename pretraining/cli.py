@@ -7,7 +7,8 @@ import json
 import sys
 from importlib import resources
 
-CONFIG_NAMES = ("tiny_cpu", "small", "tirex_35m", "default_model", "default_model_stage2", "candidate_patch16", "candidate_e256")
+CONFIG_NAMES = ("tiny_cpu", "small", "tirex_35m", "default_model", "default_model_stage2", "candidate_patch16", "candidate_e256",
+                "bundled_v2", "bundled_v2_stage2")
 
 
 def _config_path(value: str) -> str:
