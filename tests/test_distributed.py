@@ -160,8 +160,12 @@ def test_interrupted_run_resumes_without_redoing_or_losing_partitions(model, tmp
 
     with pytest.raises(KeyboardInterrupt):
         forecast_dataset(source, H, out, num_workers=1, progress=False, on_partition=interrupt)
+    done = sorted(out.glob("*.parquet"))
+    assert done and not (out / "_SUCCESS").exists()  # the first partition at least; the replica may have run ahead
+    for late in done[2:]:  # as if the interruption had come before these were written (timing-independent)
+        late.unlink()
     written = {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet")}
-    assert 1 <= len(written) < 4 and not (out / "_SUCCESS").exists()
+    assert 1 <= len(written) <= 2
     (out / ".part-3.parquet.deadbeef.tmp").write_bytes(b"half a file from a killed writer")
 
     resumed = forecast_dataset(source, H, out, num_workers=1, progress=False)
