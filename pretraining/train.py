@@ -48,6 +48,17 @@ def find_checkpoint(run_dir: str | Path) -> Path | None:
     return None
 
 
+def read_run_checkpoint(path: str | Path) -> tuple[dict, dict | None] | None:
+    """The model weights (without Lightning's "model." prefix) and the run's config (None if absent) of one
+    of our Lightning checkpoints; None for any other checkpoint. Only tensors are read (``weights_only``)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    inner = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not inner or not all(k.startswith("model.") for k in inner):
+        return None
+    config = (ckpt.get("hyper_parameters") or {}).get("config")
+    return {k.removeprefix("model."): v for k, v in inner.items()}, config
+
+
 def load_initial_weights(module: TiRexPretrainModule, source: str | Path) -> None:
     """Copy weights into ``module.model`` from a model folder, a ``.safetensors`` file, one of our Lightning
     checkpoints or a published TiRex ``model.ckpt``; the architecture must match the run's model config."""
@@ -56,10 +67,8 @@ def load_initial_weights(module: TiRexPretrainModule, source: str | Path) -> Non
         raise ConfigError(f"trainer.init_from: {path} does not exist")
     state = None
     if path.is_file() and path.suffix == ".ckpt":
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        inner = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
-        if inner and all(k.startswith("model.") for k in inner):  # our Lightning checkpoint
-            state = {k.removeprefix("model."): v for k, v in inner.items()}
+        ours = read_run_checkpoint(path)
+        state = ours[0] if ours else None
     if state is None:  # a model folder, a weights file or a published checkpoint
         from tirex import load_model
 
@@ -88,15 +97,13 @@ def export_checkpoint(checkpoint: str | Path, directory: str | Path) -> Path:
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        ours = read_run_checkpoint(path)
     except Exception as exc:
         raise ConfigError(f"cannot read checkpoint {path}: {exc}") from exc
-    inner = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    config = (ckpt.get("hyper_parameters") or {}).get("config") if isinstance(ckpt, dict) else None
-    if not inner or config is None or not all(k.startswith("model.") for k in inner):
+    if ours is None or ours[1] is None:
         raise ConfigError(f"{path} is not a checkpoint of `tirex pretrain` (no model config or model.* weights)")
-    model = TiRexModel(load_config(config).model)
-    state = {k.removeprefix("model."): v.float() for k, v in inner.items()}
+    model = TiRexModel(load_config(ours[1]).model)
+    state = {k: v.float() for k, v in ours[0].items()}
     try:
         check_state(model.state_dict(), state, str(path))
     except CheckpointError as exc:
