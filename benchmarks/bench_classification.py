@@ -24,13 +24,14 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from tirex.cpu_kernel import cpu_model  # the CPU's model name, as the speed benchmarks record it
 
 CLASSIFICATION = ["ArrowHead", "GunPoint", "ItalyPowerDemand", "OSULeaf", "ACSF1", "BasicMotions", "JapaneseVowels",
                   "PickupGestureWiimoteZ"]
@@ -64,15 +65,6 @@ def equal_length(cases: list[np.ndarray], length: int) -> np.ndarray:
             out[i, c] = np.interp(grid, x[known], row[known]) if known.any() else 0.0
     return out
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def run_method(make, train_X, train_y, test_X, test_y, regression, seeds):
