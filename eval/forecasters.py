@@ -159,7 +159,7 @@ def forecaster_identity(forecaster) -> str:
     fingerprint of the weights. Stored next to each cached result so that a rerun into the same folder
     with another model (or retrained weights under the same name) recomputes instead of serving them."""
     if isinstance(forecaster, (ModelForecaster, RayForecaster)):  # the same model gives the same results on either engine
-        from tirex.distributed.engine import model_digest
+        from tirex.loading import model_digest
 
         digest = forecaster.shipped.digest if isinstance(forecaster, RayForecaster) else model_digest(forecaster.model)
         return f"tirex model {forecaster.name} weights sha256:{digest[:16]}"

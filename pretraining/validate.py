@@ -114,7 +114,7 @@ def _predictor(name: str, source: str, levels):
         model = FracastForecaster()
         return (lambda ctx, h, season: model.predict_quantiles(ctx, h, levels, season)[0]), f"fracast-0-{version('fracast')}"
     from tirex import load_model
-    from tirex.distributed.engine import model_digest
+    from tirex.loading import model_digest
 
     model = load_model(source)
     if [round(q, 6) for q in model.config.quantile_levels] != [round(q, 6) for q in levels]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 import re
 import tempfile
@@ -230,4 +233,15 @@ def push_to_hub(model: TiRexModel, repo_id: str, private: bool = False, token: s
     return str(info)
 
 
-__all__ = ["load_model", "save_pretrained", "push_to_hub", "bundled_model_dir", "CheckpointError"]
+def model_digest(model) -> str:
+    """SHA-256 over the model's config and tensors (the safetensors bytes themselves are not reproducible:
+    the file's tensor order may change between processes)."""
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(model.config), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+__all__ = ["load_model", "save_pretrained", "push_to_hub", "bundled_model_dir", "model_digest", "CheckpointError"]

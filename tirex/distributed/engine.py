@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -19,10 +17,10 @@ from typing import Callable, Sequence
 import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import torch
 
 from ..inputs import check_prediction_length, to_series_list
 from ..io import InputError
+from ..loading import model_digest
 from ..quantiles import check_levels
 from . import partitions as parts
 from .worker import PartitionForecaster, SeriesForecaster, id_hashes
@@ -87,17 +85,6 @@ def ship_model(model=None) -> ShippedModel:
         loaded.save_pretrained(folder)
         files = {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
     return ShippedModel((ray.put(files),), model_digest(loaded), tuple(loaded.config.quantile_levels))
-
-
-def model_digest(model) -> str:
-    """SHA-256 over the model's config and tensors (the safetensors bytes themselves are not reproducible:
-    the file's tensor order may change between processes)."""
-    digest = hashlib.sha256(json.dumps(dataclasses.asdict(model.config), sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
 
 
 def _pool(ray, size: int, cpus: float, device: str | None) -> dict:
