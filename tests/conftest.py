@@ -13,3 +13,19 @@ def fixture_dir() -> Path:
     if not FIXTURE.is_dir():
         pytest.skip(f"reference fixture not found at {FIXTURE}")
     return FIXTURE
+
+
+def tiny_model(num_blocks: int = 2, noise: float = 0.05, seed: int = 0):
+    """A small TiRex model (patch 8, context 64, embedding 16) with its initial weights perturbed by
+    ``noise`` so that every block matters (an untrained model, e.g. with crossing quantiles)."""
+    import torch
+
+    from tirex import ModelConfig, TiRexModel
+
+    torch.manual_seed(seed)
+    model = TiRexModel(ModelConfig(patch_size=8, context_length=64, embed_dim=16, num_heads=2, num_blocks=num_blocks,
+                                   input_ff_dim=32)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * noise)
+    return model

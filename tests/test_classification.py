@@ -3,7 +3,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 pytest.importorskip("sklearn")
 from sklearn.base import clone  # noqa: E402
@@ -13,7 +12,7 @@ from sklearn.model_selection import cross_val_score  # noqa: E402
 from sklearn.pipeline import Pipeline  # noqa: E402
 from sklearn.preprocessing import FunctionTransformer  # noqa: E402
 
-from tirex import ModelConfig, TiRexModel  # noqa: E402
+from conftest import tiny_model  # noqa: E402
 from tirex.classification import TiRexClassifier, TiRexRegressor  # noqa: E402
 from tirex.cli import main  # noqa: E402
 from tirex.io import InputError  # noqa: E402
@@ -24,13 +23,7 @@ FAST = dict(resolutions=(1,), n_estimators=50)  # keeps the tests quick; the def
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = TiRexModel(ModelConfig(patch_size=8, context_length=64, embed_dim=16, num_heads=2, num_blocks=2,
-                               input_ff_dim=32)).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return m
+    return tiny_model(num_blocks=2, noise=0.05)
 
 
 @pytest.fixture(scope="module")

@@ -55,6 +55,14 @@ def series_frame(prefix: str, count: int, freq: str, seed: int, lengths=(30, 90)
     return pd.concat(frames, ignore_index=True)
 
 
+def write_partitions(source: Path, frames: list[pd.DataFrame]) -> Path:
+    """One Parquet partition per frame: ``source/part-<k>.parquet``."""
+    source.mkdir()
+    for k, frame in enumerate(frames):
+        frame.to_parquet(source / f"part-{k}.parquet", index=False)
+    return source
+
+
 def reference(frames: list[pd.DataFrame], folder: Path, model, **kwargs) -> pd.DataFrame:
     """What `tirex forecast` computes for all rows in one file: tirex.io validation, then model.forecast."""
     path = folder / "all.csv"
@@ -148,11 +156,8 @@ def test_cli_joins_a_running_cluster_by_address(partitioned, model, ray_address,
 
 
 def test_interrupted_run_resumes_without_redoing_or_losing_partitions(model, tmp_path):
-    source = tmp_path / "in"
-    source.mkdir()
     frames = [series_frame(f"s{k}_", 3, "D", 10 + k) for k in range(4)]
-    for k, frame in enumerate(frames):
-        frame.to_parquet(source / f"part-{k}.parquet", index=False)
+    source = write_partitions(tmp_path / "in", frames)
     out = tmp_path / "out"
 
     def interrupt(summary):
@@ -190,11 +195,8 @@ def test_interrupted_run_resumes_without_redoing_or_losing_partitions(model, tmp
 
 
 def test_a_crashed_worker_is_retried_without_lost_or_duplicated_rows(model, tmp_path):
-    source = tmp_path / "in"
-    source.mkdir()
     frames = [series_frame(f"r{k}_", 4, "D", 20 + k) for k in range(2)]
-    for k, frame in enumerate(frames):
-        frame.to_parquet(source / f"part-{k}.parquet", index=False)
+    source = write_partitions(tmp_path / "in", frames)
     crashes = tmp_path / "crashes"
     crashes.mkdir()
     out = tmp_path / "out"

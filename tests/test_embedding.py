@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from tirex import ModelConfig, TiRexModel, load_model
+from conftest import tiny_model
+from tirex import load_model
 from tirex.embedding import (
     EmbeddingOptions,
     embed_collection,
@@ -24,13 +25,7 @@ from tirex.embedding_cache import cache_file, cached_embeddings
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = TiRexModel(ModelConfig(patch_size=8, context_length=64, embed_dim=16, num_heads=2, num_blocks=2,
-                               input_ff_dim=32)).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return m
+    return tiny_model(num_blocks=2, noise=0.05)
 
 
 def wave(n, period=12.0, phase=0.0, level=0.0):

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tirex import ModelConfig, TiRexModel
+from conftest import tiny_model
 
 EXAMPLES = int(os.environ.get("TIREX_FUZZ_EXAMPLES", "120"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -26,13 +26,7 @@ DOCUMENTED = (ValueError, TypeError)  # README "Bad input": InputError, Checkpoi
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = TiRexModel(ModelConfig(patch_size=8, embed_dim=16, num_heads=2, num_blocks=1, input_ff_dim=32,
-                               context_length=64)).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.1)  # crossing quantiles, as an untrained model has them
-    return m
+    return tiny_model(num_blocks=1, noise=0.1)  # crossing quantiles, as an untrained model has them
 
 
 def check_forecast(q, mean, n_series, horizon, levels):
