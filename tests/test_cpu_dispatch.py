@@ -164,6 +164,59 @@ def test_compiled_matmuls_of_every_level_match_and_rows_are_independent(level, r
         assert torch.equal(run(lib, min(7, rows), 2), full[:7])
 
 
+@kernels
+@pytest.mark.parametrize("level", RUNNABLE)
+@pytest.mark.parametrize("mode", [0, 4])  # float32 store, bfloat16 store
+def test_head_wise_matmuls_in_one_job_equal_one_matmul_per_head(level, mode, restore_dispatch):
+    """tirex_gemm_heads (all heads' items in one thread-pool job) gives each head's tirex_gemm bits, for
+    any row count and thread count, and matches torch's batched product."""
+    lib = cpu_kernel.load_level(level)
+    g = torch.Generator().manual_seed(11 + mode)
+    heads, k, n = 4, 128, 512
+    weight = torch.randn(heads, k, n, generator=g)
+    for rows in (1, 7, 64):
+        x = torch.randn(heads, rows, k, generator=g)
+        dtype = torch.bfloat16 if mode == 4 else torch.float32
+        per_head = torch.empty(heads, rows, n, dtype=dtype)
+        for h in range(heads):
+            lib.tirex_gemm(x[h].data_ptr(), k, weight[h].data_ptr(), None, n, None, per_head[h].data_ptr(), n,
+                           rows, n, k, mode, 1)
+        for threads in (1, 2):
+            joint = torch.full((heads, rows, n), float("nan")).to(dtype)
+            assert lib.tirex_gemm_heads(x.data_ptr(), k, rows * k, weight.data_ptr(), n, k * n, joint.data_ptr(), n,
+                                        rows * n, heads, rows, n, k, mode, threads) == 0
+            assert torch.equal(joint, per_head), (level, mode, rows, threads)
+        torch.testing.assert_close(per_head.float(), torch.bmm(x, weight), rtol=1e-2 if mode == 4 else 1e-4,
+                                   atol=1e-2 if mode == 4 else 1e-3)
+    out = torch.empty(heads, 1, n)  # only the store epilogues have a head-wise form: status 1 for the others
+    assert lib.tirex_gemm_heads(x.data_ptr(), k, k, weight.data_ptr(), n, k * n, out.data_ptr(), n, n, heads,
+                                1, n, k, 1, 1) == 1
+
+
+@kernels
+@pytest.mark.parametrize("level", RUNNABLE)
+def test_single_row_matmuls_split_across_threads_give_the_same_bits(level, restore_dispatch):
+    """A one-row product large enough to be split across threads (streaming the weights on both cores)
+    equals the same product on one thread and the same row inside a larger product."""
+    lib = cpu_kernel.load_level(level)
+    g = torch.Generator().manual_seed(3)
+    for k, n, mode in [(512, 2048, 2), (512, 1408, 3), (2048, 288, 1)]:
+        a = torch.randn(9, k, generator=g)
+        w0, w1 = torch.randn(k, n, generator=g), torch.randn(k, n, generator=g)
+        bias = None if mode == 3 else torch.randn(n, generator=g)
+        base = torch.randn(9, n, generator=g)
+
+        def run(rows, threads):
+            out = base[:rows].clone()
+            lib.tirex_gemm(a.data_ptr(), k, w0.data_ptr(), w1.data_ptr(), n,
+                           None if bias is None else bias.data_ptr(), out.data_ptr(), n, rows, n, k, mode, threads)
+            return out
+
+        one = run(1, 2)
+        assert torch.equal(one, run(1, 1)), (level, k, n, mode)
+        assert torch.equal(one[0], run(9, 2)[0]), (level, k, n, mode)
+
+
 # -- the parity fixture on every level -------------------------------------------------------------------
 @kernels
 @pytest.mark.parametrize("level", RUNNABLE)

@@ -160,6 +160,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, name).argtypes = []
     lib.tirex_gemm.restype = i32
     lib.tirex_gemm.argtypes = [ptr, i64, ptr, ptr, i64, ptr, ptr, i64] + [i32] * 5
+    lib.tirex_gemm_heads.restype = i32
+    lib.tirex_gemm_heads.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, i64, i64] + [i32] * 6
     lib.tirex_rms_norm.restype = None
     lib.tirex_rms_norm.argtypes = [ptr] * 3 + [i32, i32, f32, i32, i32, i32]
     lib.tirex_silu_mul.restype = None

@@ -311,11 +311,12 @@ def gemm_(lib, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, mode: i
 
 def gemm_heads_(lib, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> None:
     """out[h] = x[h] @ weight[h] for (heads, rows, in) x and contiguous (heads, in, out) weight; ``out``
-    float32, or bfloat16 (rounded to nearest even)."""
+    float32, or bfloat16 (rounded to nearest even). One kernel call: the heads share one thread-pool job."""
     heads, rows, k = x.shape
     n = weight.shape[2]
-    threads = kernel_threads()
     mode = GEMM_STORE_BF16 if out.dtype == torch.bfloat16 else GEMM_STORE
-    for h in range(heads):
-        lib.tirex_gemm(x[h].data_ptr(), x.stride(1), weight[h].data_ptr(), None, n, None, out[h].data_ptr(),
-                       out.stride(1), rows, n, k, mode, threads)
+    status = lib.tirex_gemm_heads(x.data_ptr(), x.stride(1), x.stride(0), weight.data_ptr(), weight.stride(1),
+                                  weight.stride(0), out.data_ptr(), out.stride(1), out.stride(0), heads, rows, n, k,
+                                  mode, kernel_threads())
+    if status != 0:
+        raise RuntimeError(f"tirex_gemm_heads failed with status {status}")

@@ -598,14 +598,29 @@ struct Source {
   const float* low; const float* high; long ldb;
 };
 
+// Prefetch work handed to a micro-kernel: rows [begin, end) of the panel this thread does next, columns
+// [0, kPanel / 2) from `low` and the other half from `high` (row stride ldb), into L2, one cache line per
+// k step: issued in bursts (a block's share at once) the requests fill the miss queues and stall.
+struct Ahead {
+  const float* low; const float* high; long ldb; int begin, end;
+};
+constexpr int kHalfLines = kPanel * 2 / 64 > 0 ? kPanel * 2 / 64 : 1;  // cache lines per half row of a panel
+constexpr int kLinesPerRow = 2 * kHalfLines;
+
 // acc (MR x kPanel) [+]= A (MR rows, stride lda) x panel (kc x kPanel, contiguous)
 template <int MR, bool PACK>
-inline void micro_kernel(const float* A, long lda, float* Bp, int kc, float* acc, bool first, const Source& src) {
+inline void micro_kernel(const float* A, long lda, float* Bp, int kc, float* acc, bool first, const Source& src,
+                         const Ahead& ahead) {
   constexpr int H = kNV / 2;
   Vec c[MR][kNV];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < kNV; ++v) c[i][v] = first ? Vec::zero() : Vec::load(acc + i * kPanel + v * Vec::W);
+  const int lines = ahead.low ? (ahead.end - ahead.begin) * kLinesPerRow : 0;
   for (int k = 0; k < kc; ++k) {
+    if (k < lines) {
+      const int row = ahead.begin + k / kLinesPerRow, part = k % kLinesPerRow;
+      prefetch_l2((part < kHalfLines ? ahead.low : ahead.high) + row * ahead.ldb + (part % kHalfLines) * 16);
+    }
     Vec b[kNV];
     if constexpr (PACK) {
       const float* low = src.low + k * src.ldb;
@@ -632,17 +647,16 @@ inline void micro_kernel(const float* A, long lda, float* Bp, int kc, float* acc
 }
 
 template <bool PACK, int MR = kMR>
-inline void micro_any(int mr, const float* A, long lda, float* Bp, int kc, float* acc, bool first, const Source& src) {
+inline void micro_any(int mr, const float* A, long lda, float* Bp, int kc, float* acc, bool first, const Source& src,
+                      const Ahead& ahead) {
   if constexpr (MR > 1) {
-    if (mr < MR) return micro_any<PACK, MR - 1>(mr, A, lda, Bp, kc, acc, first, src);
+    if (mr < MR) return micro_any<PACK, MR - 1>(mr, A, lda, Bp, kc, acc, first, src, ahead);
   }
-  micro_kernel<MR, PACK>(A, lda, Bp, kc, acc, first, src);
+  micro_kernel<MR, PACK>(A, lda, Bp, kc, acc, first, src, ahead);
 }
 
 // Output columns [j0, j0 + step) of rows [r0, r1) (at most kRowChunk rows), step = kPanel (kPanel / 2 for
-// kSwiGlu); at the right edge the panel is zero-padded. Blocks of kMR rows; when kMR does not divide the
-// row count the last block overlaps the one before it (the same FMA chains, so identical results), and
-// only rows not written yet are stored (kAccumulate must add once).
+// kSwiGlu); at the right edge the panel is zero-padded. Blocks of kMR rows, the last one of the rows left.
 // While the register blocks run, the same rows of the panel at column `next` (the one this thread does
 // next; -1: none) are prefetched into L2, a share before each block, so that its packing reads L2.
 void gemm_panel(const Gemm& g, int r0, int r1, int j0, int next) {
@@ -655,8 +669,8 @@ void gemm_panel(const Gemm& g, int r0, int r1, int j0, int next) {
   alignas(64) float panel[kKBlock * kPanel];
   alignas(64) float acc[kRowChunk * kPanel];
   const int rows = r1 - r0;
-  const int blocks = rows <= kMR ? 1 : (rows + kMR - 1) / kMR;
-  auto block_row = [&](int b) { return rows <= kMR ? r0 : std::min(r0 + kMR * b, r1 - kMR); };
+  const int blocks = (rows + kMR - 1) / kMR;
+  auto block_rows = [&](int b) { return std::min(kMR, rows - kMR * b); };  // the last block: the rows left
   for (int k0 = 0; k0 < g.K; k0 += kKBlock) {
     const int kc = std::min(kKBlock, g.K - k0);
     const bool fused = width == step;  // full panel: the first register block packs it
@@ -675,26 +689,21 @@ void gemm_panel(const Gemm& g, int r0, int r1, int j0, int next) {
     }
     const int share = (kc + blocks - 1) / blocks;
     for (int b = 0; b < blocks; ++b) {
+      Ahead pre{nullptr, nullptr, g.ldb, 0, 0};
       if (ahead) {
-        for (int k = k0 + b * share; k < k0 + std::min(kc, (b + 1) * share); ++k) {
-          for (int l = 0; l < step; l += 16) {
-            prefetch_l2(g.B0 + static_cast<long>(k) * g.ldb + next + l);
-            if (swiglu) prefetch_l2(g.B1 + static_cast<long>(k) * g.ldb + next + l);
-          }
-        }
+        pre.low = g.B0 + next;
+        pre.high = swiglu ? g.B1 + next : g.B0 + next + kPanel / 2;
+        pre.begin = k0 + std::min(kc, b * share);
+        pre.end = k0 + std::min(kc, (b + 1) * share);
       }
-      const float* a = g.A + static_cast<long>(block_row(b)) * g.lda + k0;
+      const float* a = g.A + static_cast<long>(r0 + kMR * b) * g.lda + k0;
       if (fused && b == 0)
-        micro_any<true>(std::min(kMR, rows), a, g.lda, panel, kc, acc, k0 == 0, src);
+        micro_any<true>(block_rows(b), a, g.lda, panel, kc, acc, k0 == 0, src, pre);
       else
-        micro_any<false>(std::min(kMR, rows), a, g.lda, panel, kc, acc + b * kMR * kPanel, k0 == 0, src);
+        micro_any<false>(block_rows(b), a, g.lda, panel, kc, acc + b * kMR * kPanel, k0 == 0, src, pre);
     }
   }
-  for (int b = 0; b < blocks; ++b) {
-    const int first = block_row(b), from = b == 0 ? first : std::max(first, block_row(b - 1) + kMR);
-    for (int i = from; i < std::min(r1, first + kMR); ++i)
-      epilogue(g, acc + (b * kMR + i - first) * kPanel, step, i, j0, width);
-  }
+  for (int i = r0; i < r1; ++i) epilogue(g, acc + (i - r0) * kPanel, step, i, j0, width);
 }
 
 // Rows [r0, r1) of output columns [j0, j0 + step) straight from B, for matmuls of fewer than kMR rows
@@ -772,9 +781,9 @@ class Pool {
       fn_ = &fn;
       n_ = n;
       allowed_ = threads - 1;
-      joined_.store(0);
       done_.store(0);
       gen = ++gen_;
+      joined_.store(static_cast<uint64_t>(gen) << 32);
       state_.store(static_cast<uint64_t>(gen) << 32, std::memory_order_release);
     }
     wake_.notify_all();
@@ -804,7 +813,17 @@ class Pool {
         wake_.wait(lock, [&] { return gen_ != seen; });
         seen = gen_;
       }
-      if (joined_.fetch_add(1) < allowed_) claim(seen);
+      if (join(seen)) claim(seen);
+    }
+  }
+
+  // Take one of the job's worker places (at most threads - 1 workers take part); false if they are
+  // taken or job `gen` is over (joined_ holds the generation in its high half, the count in the low).
+  bool join(uint32_t gen) {
+    uint64_t j = joined_.load(std::memory_order_acquire);
+    for (;;) {
+      if ((j >> 32) != gen || static_cast<int>(static_cast<uint32_t>(j)) >= allowed_) return false;
+      if (joined_.compare_exchange_weak(j, j + 1, std::memory_order_acq_rel)) return true;
     }
   }
 
@@ -815,7 +834,8 @@ class Pool {
   int n_ = 0, allowed_ = 0;
   uint32_t gen_ = 0;
   std::atomic<uint64_t> state_{0};
-  std::atomic<int> joined_{0}, done_{0};
+  std::atomic<uint64_t> joined_{0};
+  std::atomic<int> done_{0};
 };
 
 Pool& pool() {
@@ -849,6 +869,88 @@ void parallel_for(int n, int grain, int num_threads, F fn) {
   const int blocks = (n + grain - 1) / grain;  // callers pick grains of ~0.1 ms or more
   const int workers = std::max(1, std::min(num_threads, blocks));
   pool().run(blocks, workers, [&](int i) { fn(i * grain, std::min(n, (i + 1) * grain)); });
+}
+
+// Several independent matmuls as one job for the thread pool: the items of all of them are handed out
+// together (the head-wise input projections: four small matmuls, each too small to split well alone).
+void run_gemms(const Gemm* gs, int count, int num_threads) {
+#if TIREX_AVX2
+  constexpr int kSmallRows = 6, kColumnStep = 64;
+#else
+  constexpr int kSmallRows = kMR, kColumnStep = kPanel;
+#endif
+  // Items of each matmul. Fewer rows than a register block: blocks of columns straight from B (bound by
+  // reading B once). Else (row chunk, group of column panels); on AVX-512 and portable, within a group
+  // each panel's weights are prefetched while the one before it runs.
+  struct Items { int first, groups, step; std::vector<int> starts; bool small; };
+  std::vector<Items> items(count);
+  double work = 0;  // multiply-adds, a matmul of few rows counted as 8 (it streams all of B anyway)
+  for (int m = 0; m < count; ++m) {
+    const Gemm& g = gs[m];
+    work += static_cast<double>(std::max(g.M, 8)) * g.N * g.K * (g.mode == kSwiGlu ? 2 : 1);
+  }
+  const int threads = work < 2e6 ? 1 : std::max(1, num_threads);
+  int total = 0;
+  for (int m = 0; m < count; ++m) {
+    const Gemm& g = gs[m];
+    Items& it = items[m];
+    it.first = total;
+    it.small = g.M < kSmallRows;
+    if (g.M <= 0 || g.N <= 0 || g.K <= 0) {
+      it.groups = 0;
+      continue;
+    }
+    if (it.small) {
+      it.step = g.mode == kSwiGlu ? kColumnStep / 2 : kColumnStep;
+      it.groups = (g.N + it.step - 1) / it.step;
+      total += it.groups;
+      continue;
+    }
+    it.step = g.mode == kSwiGlu ? kPanel / 2 : kPanel;
+    const int panels = (g.N + it.step - 1) / it.step;
+    const int chunks = (g.M + kRowChunk - 1) / kRowChunk;
+#if TIREX_AVX2
+    // groups of about 1M multiply-adds or more
+    const long per_panel = static_cast<long>(std::min(g.M, kRowChunk)) * g.K * it.step;
+    const int wanted = (panels + std::max(1, static_cast<int>(1000000 / std::max(per_panel, 1L))) - 1) /
+                       std::max(1, static_cast<int>(1000000 / std::max(per_panel, 1L)));
+#else
+    // about four groups per thread over all chunks and matmuls, a multiple of the thread count, so that
+    // the threads end together
+    const int per_job = 4 * threads;
+    int wanted = std::max(1, (per_job + chunks * count - 1) / (chunks * count));
+    if (threads > 1 && count == 1 && chunks == 1) wanted = (wanted + threads - 1) / threads * threads;
+#endif
+    it.groups = std::max(1, std::min(panels, wanted));
+    // groups as even as can be, the larger ones first (claimed first, so the last items are the short ones)
+    it.starts.resize(it.groups + 1);
+    const int base = panels / it.groups, extra = panels % it.groups;
+    it.starts[0] = 0;
+    for (int q = 0; q < it.groups; ++q) it.starts[q + 1] = it.starts[q] + base + (q < extra ? 1 : 0);
+    total += chunks * it.groups;
+  }
+  if (total == 0) return;
+  pool().run(total, std::min(threads, total), [&](int w) {
+    int m = 0;
+    while (m + 1 < count && items[m + 1].first <= w) ++m;
+    const Gemm& g = gs[m];
+    const Items& it = items[m];
+    const int local = w - it.first;
+    if (it.small) {
+      gemm_columns(g, 0, g.M, local * it.step);
+      return;
+    }
+    const int ci = local / it.groups, gi = local % it.groups;
+    const int r0 = ci * kRowChunk, r1 = std::min(g.M, r0 + kRowChunk);
+    const int last = it.starts[gi + 1];
+    for (int q = it.starts[gi]; q < last; ++q) {
+#if TIREX_AVX2
+      gemm_panel(g, r0, r1, q * it.step);
+#else
+      gemm_panel(g, r0, r1, q * it.step, q + 1 < last ? (q + 1) * it.step : -1);
+#endif
+    }
+  });
 }
 
 }  // namespace
@@ -940,44 +1042,25 @@ int tirex_has_gemm() { return 1; }
 int tirex_gemm(const float* A, long lda, const float* B0, const float* B1, long ldb, const float* bias, void* C,
                long ldc, int M, int N, int K, int mode, int num_threads) {
   if (M <= 0 || N <= 0 || K <= 0) return 0;
-  Gemm g{A, lda, B0, B1, ldb, bias, C, ldc, M, N, K, mode};
-  const int threads = static_cast<double>(M) * N * K < 2e6 ? 1 : num_threads;
-#if TIREX_AVX2
-  constexpr int kSmallRows = 6, kColumnStep = 64;
-#else
-  constexpr int kSmallRows = kMR, kColumnStep = kPanel;
-#endif
-  if (M < kSmallRows) {  // too few rows to reuse a panel: stream B once, in blocks of columns
-    const int cstep = mode == kSwiGlu ? kColumnStep / 2 : kColumnStep;
-    const int blocks = (N + cstep - 1) / cstep;
-    pool().run(blocks, std::min(threads, blocks), [&](int q) { gemm_columns(g, 0, M, q * cstep); });
-    return 0;
+  const Gemm g{A, lda, B0, B1, ldb, bias, C, ldc, M, N, K, mode};
+  run_gemms(&g, 1, num_threads);
+  return 0;
+}
+
+// The head-wise form: for h in [0, heads), C[h] = A[h] @ B[h] with mode kStore or kStoreBf16 (no bias),
+// A[h] at A + h * a_head (M x K, row stride lda), B[h] at B + h * b_head (K x N, row stride ldb), C[h] at
+// element offset h * c_head (M x N, row stride ldc). One job for all heads. Returns 0.
+int tirex_gemm_heads(const float* A, long lda, long a_head, const float* B, long ldb, long b_head, void* C, long ldc,
+                     long c_head, int heads, int M, int N, int K, int mode, int num_threads) {
+  if (heads <= 0 || M <= 0 || N <= 0 || K <= 0) return 0;
+  if (mode != kStore && mode != kStoreBf16) return 1;
+  std::vector<Gemm> gs;
+  for (int h = 0; h < heads; ++h) {
+    void* c = mode == kStoreBf16 ? static_cast<void*>(static_cast<uint16_t*>(C) + h * c_head)
+                                 : static_cast<void*>(static_cast<float*>(C) + h * c_head);
+    gs.push_back(Gemm{A + h * a_head, lda, B + h * b_head, nullptr, ldb, nullptr, c, ldc, M, N, K, mode});
   }
-  const int step = mode == kSwiGlu ? kPanel / 2 : kPanel;
-  const int panels = (N + step - 1) / step;
-  const int chunks = (M + kRowChunk - 1) / kRowChunk;
-#if TIREX_AVX2
-  // work items: (row chunk, group of panels) of about 1M multiply-adds or more
-  const long per_panel = static_cast<long>(std::min(M, kRowChunk)) * K * step;
-  const int group = std::max(1, std::min(panels, static_cast<int>(1000000 / std::max(per_panel, 1L))));
-#else
-  // work items: (row chunk, group of panels), about four per thread; within a group each panel's weights
-  // are prefetched while the one before it runs
-  const int group = std::max(1, std::min(panels, chunks * panels / (4 * std::max(1, threads))));
-#endif
-  const int groups = (panels + group - 1) / group;
-  pool().run(chunks * groups, std::min(threads, chunks * groups), [&](int w) {
-    const int ci = w / groups, gi = w % groups;
-    const int r0 = ci * kRowChunk, r1 = std::min(M, r0 + kRowChunk);
-    const int last = std::min(panels, (gi + 1) * group);
-    for (int q = gi * group; q < last; ++q) {
-#if TIREX_AVX2
-      gemm_panel(g, r0, r1, q * step);
-#else
-      gemm_panel(g, r0, r1, q * step, q + 1 < last ? (q + 1) * step : -1);
-#endif
-    }
-  });
+  run_gemms(gs.data(), heads, num_threads);
   return 0;
 }
 
