@@ -234,13 +234,29 @@ struct Problem {
   bool fresh;         // state is zero and the first step initialises the stabiliser m with i~
 };
 
+// sum of x[j] - shift (squared when SQUARE) in a fixed order: 16 interleaved partial sums, a fixed tree,
+// then the tail. One long chain of dependent adds would cost a step of the recurrence more than its
+// gate math; this order vectorises on every level and gives every level the same bits.
+template <bool SQUARE>
+inline float fixed_order_sum(const float* x, int n, float shift) {
+  float part[16] = {};
+  int j = 0;
+  for (; j + 16 <= n; j += 16)
+    for (int l = 0; l < 16; ++l) {
+      const float d = x[j + l] - shift;
+      part[l] += SQUARE ? d * d : d;
+    }
+  for (int w = 8; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) part[l] += part[l + w];
+  float sum = part[0];
+  for (; j < n; ++j) sum += SQUARE ? (x[j] - shift) * (x[j] - shift) : x[j] - shift;
+  return sum;
+}
+
 // out = residual + ((y - mean) / sqrt(var + eps)) * (1 + w) over one head's D values (a per-head group norm).
 inline void group_norm_row(const float* y, const float* w, const float* residual, float* out, int D, float eps) {
-  float sum = 0.f;
-  for (int u = 0; u < D; ++u) sum += y[u];
-  const float mean = sum / D;
-  float sq = 0.f;
-  for (int u = 0; u < D; ++u) sq += (y[u] - mean) * (y[u] - mean);
+  const float mean = fixed_order_sum<false>(y, D, 0.0f) / D;
+  const float sq = fixed_order_sum<true>(y, D, mean);
   const float rstd = 1.0f / std::sqrt(sq / D + eps);
   if (residual) {
 #pragma omp simd
