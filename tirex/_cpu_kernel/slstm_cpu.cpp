@@ -26,6 +26,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <condition_variable>
@@ -775,6 +776,14 @@ void gemm_columns(const Gemm& g, int r0, int r1, int j0) {
 // (job generation, next item); the caller itself does every item that no worker has claimed and then
 // waits only for items a worker has started. A worker that the OS does not schedule in time (another
 // process holds the core) therefore costs nothing: there is no join, and no thread start per call.
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
 class Pool {
  public:
   void run(int n, int threads, const std::function<void(int)>& fn) {
@@ -821,14 +830,32 @@ class Pool {
     }
   }
 
+  // After a job a worker watches for the next one for kSpin before it sleeps. A forward calls the kernels
+  // back to back with some tens of microseconds of Python between them, and waking a sleeping thread
+  // takes longer than that on a virtual machine (measured on a 2-vCPU Sapphire Rapids VM: 35 us median,
+  // 105-130 us p99; 0.2 us for a watching thread), during which the caller works alone. Batch-1
+  // forecast at the published size, two threads: 37.9 -> 36.2 ms. The watch is bounded, so an idle
+  // process sleeps, and a busy machine loses at most kSpin of a core per gap.
+  static constexpr auto kSpin = std::chrono::microseconds(300);
+
   void worker() {
     uint32_t seen = 0;
     for (;;) {
-      {
+      uint32_t next = static_cast<uint32_t>(state_.load(std::memory_order_acquire) >> 32);
+      if (next == seen) {
+        const auto until = std::chrono::steady_clock::now() + kSpin;
+        for (int i = 0; next == seen; ++i) {
+          cpu_relax();
+          next = static_cast<uint32_t>(state_.load(std::memory_order_acquire) >> 32);
+          if ((i & 63) == 63 && std::chrono::steady_clock::now() > until) break;
+        }
+      }
+      if (next == seen) {
         std::unique_lock<std::mutex> lock(mutex_);
         wake_.wait(lock, [&] { return gen_ != seen; });
-        seen = gen_;
+        next = gen_;
       }
+      seen = next;
       if (join(seen)) claim(seen);
     }
   }
