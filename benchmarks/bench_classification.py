@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tirex.cpu_kernel import cpu_model  # the CPU's model name, as the speed benchmarks record it
+from tirex.cpu_kernel import cpu_model, isa_flags  # the CPU as the speed benchmarks record it
 
 CLASSIFICATION = ["ArrowHead", "GunPoint", "ItalyPowerDemand", "OSULeaf", "ACSF1", "BasicMotions", "JapaneseVowels",
                   "PickupGestureWiimoteZ"]
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
 
-    print(f"\nCPU: {cpu_model()} ({os.cpu_count()} cores, torch threads {args.threads}); model: "
+    print(f"\nCPU: {cpu_model()} ({os.cpu_count()} cores, {' '.join(isa_flags())}; torch threads {args.threads}); model: "
           f"{args.model or 'bundled'} ({model.num_parameters / 1e6:.2f}M parameters, context {model.config.context_length}); "
           f"head {args.head}; mean of {args.seeds} seeds; seconds: one fit + predict\n")
     methods = [m for m in ("tirex", "minirocket", "rf_raw") if any(m in r for r in rows)]
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
             print(f"| {label} ({len(subset)}) | | | | | " + means + " |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"cpu": cpu_model(), "model": args.model or "bundled", "rows": rows}, indent=2))
+        args.out.write_text(json.dumps({"cpu": cpu_model(), "isa_flags": isa_flags(), "model": args.model or "bundled", "rows": rows}, indent=2))
     return 0
 
 

@@ -27,10 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,16 +42,6 @@ MAX_CONTEXT = 512
 
 def load_avg() -> str:
     return "load average %.2f %.2f %.2f" % os.getloadavg()
-
-
-def cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def series_bank(seed: int = 0, synthetic: int = 4000) -> tuple[list[np.ndarray], list[np.ndarray], str]:
@@ -185,15 +173,20 @@ def main(argv=None) -> int:
     import ray
     import torch
 
-    from tirex import load_model
+    from tirex import cpu_kernel, load_model
 
     torch.set_num_threads(args.cpus)
-    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "cpu": cpu_model(),
+    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "cpu": cpu_kernel.cpu_model(),
+              "isa_flags": cpu_kernel.isa_flags(),
               "cores": os.cpu_count(), "cpus_used": args.cpus, "horizon": HORIZON, "max_context": MAX_CONTEXT,
               "per_partition": args.per_partition, "ray_version": ray.__version__, "torch_version": torch.__version__, "load": {}}
     small, full, report["data"] = build_datasets(args.workdir, args.series, max(args.large, args.series),
                                                  args.per_partition)
     model = load_model()
+
+    def write_report(complete=False):
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps({**report, "complete": complete}, indent=2))
 
     def phase(name, fn):
         report["load"][f"{name} before"] = load_avg()
@@ -202,6 +195,7 @@ def main(argv=None) -> int:
         report["load"][f"{name} after"] = load_avg()
         report[name] = result
         print(f"{name}: {json.dumps(result)}", file=sys.stderr)
+        write_report()  # after every phase: a long run that is cut short keeps the phases it finished
 
     phases = set(args.phases.split(","))
     overhead = linked_subset(full, args.workdir / "data_overhead", -(-args.overhead_series // args.per_partition))
@@ -244,8 +238,7 @@ def main(argv=None) -> int:
         print(f"single process peak: {report['single']['peak_rss_bytes'] / mib:.0f} MiB")
     for key, value in report["load"].items():
         print(f"  {key}: {value}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2))
+    write_report(complete=True)
     return 0
 
 

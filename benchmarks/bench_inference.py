@@ -234,11 +234,9 @@ def machine() -> dict:
     sys.path.insert(0, str(ROOT))
     from tirex import cpu_kernel
 
-    wanted = {"avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_bf16", "avx512_fp16",
-              "amx_bf16", "amx_tile", "amx_int8", "asimd", "sve"}
     import torch
 
-    return {"cpu_model": cpu_kernel.cpu_model(), "isa_flags": sorted(cpu_kernel.cpu_flags() & wanted),
+    return {"cpu_model": cpu_kernel.cpu_model(), "isa_flags": cpu_kernel.isa_flags(),
             "cpus": os.cpu_count(), "torch": torch.__version__, "loadavg_at_end": os.getloadavg(),
             "date": time.strftime("%Y-%m-%d %H:%M")}
 

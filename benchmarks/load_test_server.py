@@ -42,15 +42,10 @@ def free_port() -> int:
 
 
 def cpu_info() -> dict:
-    info = {"machine": platform.machine(), "cores": os.cpu_count()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        info["model"] = re.search(r"^model name\s*:\s*(.+)$", text, re.M).group(1).strip()
-        flags = set(re.search(r"^flags\s*:\s*(.+)$", text, re.M).group(1).split())
-        info["isa"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    except (OSError, AttributeError):
-        info["model"] = platform.processor() or "unknown"
-    return info
+    from tirex import cpu_kernel
+
+    return {"machine": platform.machine(), "cores": os.cpu_count(), "model": cpu_kernel.cpu_model(),
+            "isa": cpu_kernel.isa_flags()}
 
 
 def load_average() -> list[float]:

@@ -73,8 +73,7 @@ def backend_info(model=None) -> dict:
     info = {
         "cpu": {
             "model": cpu_kernel.cpu_model(),
-            "flags": sorted(flags & {"avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_bf16",
-                                      "amx_bf16", "amx_tile", "asimd", "sve", "bf16"}),
+            "flags": cpu_kernel.isa_flags(flags),
             "levels_this_cpu_runs": cpu_kernel.runnable_levels(),
             "level": dispatch.level,
             "recurrence": f"compiled kernel ({dispatch.level})" if dispatch.level else "torch loop",

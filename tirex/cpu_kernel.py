@@ -100,6 +100,17 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+# The flags that decide the kernel level and the fast mode (x86 and ARM): what reports and benchmarks record.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_bf16", "avx512_fp16",
+             "amx_bf16", "amx_tile", "amx_int8", "asimd", "sve", "bf16")
+
+
+def isa_flags(flags: set[str] | None = None) -> list[str]:
+    """Which of ``ISA_FLAGS`` this CPU reports (``cpu_flags``), sorted."""
+    flags = cpu_flags() if flags is None else flags
+    return sorted(flags & set(ISA_FLAGS))
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
