@@ -236,8 +236,9 @@ struct Problem {
 };
 
 // sum of x[j] - shift (squared when SQUARE) in a fixed order: 16 interleaved partial sums, a fixed tree,
-// then the tail. One long chain of dependent adds would cost a step of the recurrence more than its
-// gate math; this order vectorises on every level and gives every level the same bits.
+// then the tail. This order vectorises on every level and gives every level the same bits (the RMS norm's
+// sum of squares, the recurrence's group norm: one long chain of dependent adds there would cost a step
+// more than its gate math).
 template <bool SQUARE>
 inline float fixed_order_sum(const float* x, int n, float shift) {
   float part[16] = {};
@@ -892,20 +893,6 @@ Pool& pool() {
   return *instance;
 }
 
-// sum of x[j]^2 in a fixed order (16 interleaved partial sums, then a fixed tree, then the tail), so
-// that every level and vector width gives the same bits.
-inline float sum_of_squares(const float* x, int n) {
-  float part[16] = {};
-  int j = 0;
-  for (; j + 16 <= n; j += 16)
-    for (int l = 0; l < 16; ++l) part[l] += x[j + l] * x[j + l];
-  for (int w = 8; w >= 1; w /= 2)
-    for (int l = 0; l < w; ++l) part[l] += part[l + w];
-  float sum = part[0];
-  for (; j < n; ++j) sum += x[j] * x[j];
-  return sum;
-}
-
 // fn(begin, end) over [0, n) in blocks of `grain`, handed out dynamically to up to num_threads threads.
 template <class F>
 void parallel_for(int n, int grain, int num_threads, F fn) {
@@ -955,11 +942,11 @@ void run_gemms(const Gemm* gs, int count, int num_threads) {
 #if TIREX_AVX2
     // groups of about 1M multiply-adds or more
     const long per_panel = static_cast<long>(std::min(g.M, kRowChunk)) * g.K * it.step;
-    const int wanted = (panels + std::max(1, static_cast<int>(1000000 / std::max(per_panel, 1L))) - 1) /
-                       std::max(1, static_cast<int>(1000000 / std::max(per_panel, 1L)));
+    const int group_panels = std::max(1, static_cast<int>(1000000 / std::max(per_panel, 1L)));
+    const int wanted = (panels + group_panels - 1) / group_panels;
 #else
-    // about four groups per thread over all chunks and matmuls, a multiple of the thread count, so that
-    // the threads end together
+    // about four groups per thread over all chunks and matmuls; for a single matmul of one row chunk (a
+    // batch-1 forward) a multiple of the thread count, so that the threads end together
     const int per_job = 4 * threads;
     int wanted = std::max(1, (per_job + chunks * count - 1) / (chunks * count));
     if (threads > 1 && count == 1 && chunks == 1) wanted = (wanted + threads - 1) / threads * threads;
@@ -1009,7 +996,7 @@ void tirex_rms_norm(const float* x, const float* w, void* out, int rows, int dim
   parallel_for(rows, 64, num_threads, [&](int r0, int r1) {
     for (int r = r0; r < r1; ++r) {
       const float* xr = x + static_cast<size_t>(r) * dim;
-      const float sq = sum_of_squares(xr, dim);
+      const float sq = fixed_order_sum<true>(xr, dim, 0.0f);
       const float inv = 1.0f / std::sqrt(sq / dim + eps);
       for (int h = 0; h < heads; ++h) {
         const size_t dst = (static_cast<size_t>(h) * rows + r) * hd;
