@@ -181,3 +181,29 @@ def test_a_device_that_does_not_exist_is_a_clear_error():
         load_model(device="cuda")
     with pytest.raises(ValueError, match="not a torch device"):
         load_model(device="tpu-ish")
+
+
+def test_loading_builds_without_pulling_in_symbolic_maths():
+    """load_model builds the network on the meta device and assigns the checkpoint's tensors. torch's
+    random init of a meta tensor (normal_) imports sympy (with the decompositions) on first use: ~800 modules
+    and ~73 MB of resident memory kept for the process's life. Loading must not trigger it (a fresh
+    interpreter, since another test may have imported them already)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from tirex import load_model\n"
+        "model = load_model()\n"
+        "model.forecast(torch.arange(64.0)[None], prediction_length=8)\n"
+        "print(sorted(m for m in ('sympy', 'mpmath') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout
+
+
+def test_a_model_built_on_cpu_is_still_initialised():
+    model = TiRexModel(ModelConfig(embed_dim=64, num_heads=2, num_blocks=1, ffn_dim=96, input_ff_dim=64))
+    gate = model.blocks[0].slstm.input_gate
+    assert float(gate.detach().std()) > 0  # random init, not zeros

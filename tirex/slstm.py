@@ -216,7 +216,11 @@ class SLSTMLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_heads, 4, dh))
         self.norm_weight = nn.Parameter(torch.zeros(embed_dim))  # group norm scales by (1 + w)
         for w in (self.input_gate, self.forget_gate, self.cell_gate, self.output_gate):
-            nn.init.normal_(w, std=(2.0 / (5 * embed_dim)) ** 0.5)
+            # Not on the meta device (load_model builds there, then assigns the checkpoint's tensors): torch's
+            # normal_ for meta tensors imports ~800 modules (sympy, the decompositions) on first use, 73 MB of
+            # resident memory for the rest of the process.
+            if not w.is_meta:
+                nn.init.normal_(w, std=(2.0 / (5 * embed_dim)) ** 0.5)
 
     def input_projection(self) -> torch.Tensor:
         """(heads, head_dim_in, 4 * head_dim_out): the four gate projections side by side."""
