@@ -150,7 +150,8 @@ def test_compiled_matmuls_of_every_level_match_and_rows_are_independent(level, r
     reference = cpu_kernel.load_level("portable")
     g = torch.Generator().manual_seed(5)
     for rows, k, n, mode in [(13, 512, 300, 3), (70, 130, 77, 1), (4, 64, 200, 0), (100, 96, 64, 2),
-                             (9, 512, 2048, 2), (9, 512, 1408, 3), (9, 2048, 288, 1)]:
+                             (9, 512, 2048, 2), (9, 512, 1408, 3), (9, 2048, 288, 1),
+                             (450, 72, 200, 3), (401, 100, 130, 1)]:  # several row chunks, an odd count
         a = torch.randn(rows, k, generator=g)
         w0, w1 = torch.randn(k, n, generator=g), torch.randn(k, n, generator=g)
         bias = None if mode == 3 else torch.randn(n, generator=g)
@@ -167,6 +168,7 @@ def test_compiled_matmuls_of_every_level_match_and_rows_are_independent(level, r
         assert torch.equal(run(lib, 1, 1)[0], full[0])
         assert torch.equal(run(lib, 1, 2), run(lib, 1, 1)), (level, k, n, mode)
         assert torch.equal(run(lib, min(7, rows), 2), full[:7])
+        assert torch.equal(run(lib, rows, 1), full), (level, rows, k, n, mode)  # any thread count, same bits
 
 
 @kernels

@@ -607,7 +607,11 @@ inline void prefetch(const float* p) { __builtin_prefetch(p); }
 inline void prefetch_l2(const float* p) { __builtin_prefetch(p, 0, 2); }
 #endif
 constexpr int kPanel = kNV * Vec::W;
-constexpr int kRowChunk = 96;   // rows of A per pass over the panels
+// Rows of A per pass over the panels. Each pass packs every panel of B again (from L3 or memory, rows of B
+// far apart), so larger passes pack less often: 192 rather than 96 rows is 7% faster per 2048-row
+// feed-forward matmul on one Sapphire Rapids core; the register blocks' accumulators (192 x 64 floats)
+// stay in L1/L2.
+constexpr int kRowChunk = 192;
 
 // Where a register block reads its panel: the packed copy, or (the first block of a k-block) the rows of B
 // themselves, columns [0, kPanel / 2) from `low` and [kPanel / 2, kPanel) from `high` (row stride ldb),
@@ -945,11 +949,14 @@ void run_gemms(const Gemm* gs, int count, int num_threads) {
     const int group_panels = std::max(1, static_cast<int>(1000000 / std::max(per_panel, 1L)));
     const int wanted = (panels + group_panels - 1) / group_panels;
 #else
-    // about four groups per thread over all chunks and matmuls; for a single matmul of one row chunk (a
-    // batch-1 forward) a multiple of the thread count, so that the threads end together
+    // about four groups per thread over all chunks and matmuls; for a single matmul, items (row chunks x
+    // groups) a multiple of the thread count, so that the threads end together (one chunk: a batch-1
+    // forward; 11 chunks: 2048 rows, which alone would leave one of two threads a chunk short)
     const int per_job = 4 * threads;
     int wanted = std::max(1, (per_job + chunks * count - 1) / (chunks * count));
-    if (threads > 1 && count == 1 && chunks == 1) wanted = (wanted + threads - 1) / threads * threads;
+    if (threads > 1 && count == 1) {  // one matmul: items (chunks x groups) a multiple of the thread count
+      while ((chunks * wanted) % threads != 0) ++wanted;
+    }
 #endif
     it.groups = std::max(1, std::min(panels, wanted));
     // groups as even as can be, the larger ones first (claimed first, so the last items are the short ones)
