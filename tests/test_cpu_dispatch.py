@@ -144,14 +144,15 @@ def test_every_level_gives_the_same_forecast(restore_dispatch, recurrence):
 @pytest.mark.parametrize("level", RUNNABLE)
 def test_compiled_matmuls_of_every_level_match_and_rows_are_independent(level, restore_dispatch):
     """Every level gives the portable level's bits; a row alone, or among a few, equals the same row of a
-    larger product; a one-row product gives the same bits on one thread and split across two (the last
-    three cases are large enough to be split: they stream the weights on both cores)."""
+    larger product; a one-row product gives the same bits on one thread and split across two (the three
+    9-row cases are large enough to be split: they stream the weights on both cores); the whole product
+    gives the same bits on one thread and on two (the last two cases span several row chunks, an odd count)."""
     lib = cpu_kernel.load_level(level)
     reference = cpu_kernel.load_level("portable")
     g = torch.Generator().manual_seed(5)
     for rows, k, n, mode in [(13, 512, 300, 3), (70, 130, 77, 1), (4, 64, 200, 0), (100, 96, 64, 2),
                              (9, 512, 2048, 2), (9, 512, 1408, 3), (9, 2048, 288, 1),
-                             (450, 72, 200, 3), (401, 100, 130, 1)]:  # several row chunks, an odd count
+                             (450, 72, 200, 3), (401, 100, 130, 1)]:
         a = torch.randn(rows, k, generator=g)
         w0, w1 = torch.randn(k, n, generator=g), torch.randn(k, n, generator=g)
         bias = None if mode == 3 else torch.randn(n, generator=g)

@@ -954,7 +954,7 @@ void run_gemms(const Gemm* gs, int count, int num_threads) {
     // forward; 11 chunks: 2048 rows, which alone would leave one of two threads a chunk short)
     const int per_job = 4 * threads;
     int wanted = std::max(1, (per_job + chunks * count - 1) / (chunks * count));
-    if (threads > 1 && count == 1) {  // one matmul: items (chunks x groups) a multiple of the thread count
+    if (threads > 1 && count == 1) {
       while ((chunks * wanted) % threads != 0) ++wanted;
     }
 #endif
