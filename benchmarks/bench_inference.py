@@ -15,6 +15,7 @@ Usage:
     python benchmarks/bench_inference.py --ours-fast     # also time our opt-in bfloat16 fast mode
     python benchmarks/bench_inference.py --variant torch_mm=TIREX_CPU_GEMM=0 --variant avx2=TIREX_CPU_ISA=avx2
                                                          # also time ours with other settings (A/B in one run)
+    python benchmarks/bench_inference.py --scenario b32_ctx512_h64 --scenario b1_ctx512_h32   # short series
 
 Set up the reference environment once:
     python -m venv .venv-ref && .venv-ref/bin/pip install torch==<ours> && .venv-ref/bin/pip install tirex-ts==1.4.2
@@ -36,7 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = {  # name: (batch, context length, horizon)
     "b32_ctx2048_h64": (32, 2048, 64),
     "b1_ctx2048_h32": (1, 2048, 32),
+    # short series (a quarter of the window holds data): opt-in with --scenario
+    "b32_ctx512_h64": (32, 512, 64),
+    "b1_ctx512_h32": (1, 512, 32),
 }
+DEFAULT_SCENARIOS = ["b32_ctx2048_h64", "b1_ctx2048_h32"]  # the published size's full window
 
 
 # -- worker side (runs inside one of the two virtual environments) ------------------------------
@@ -184,7 +189,7 @@ def main() -> None:
 
     if args.quick:
         args.procs, args.reps = 2, 3
-    scenarios = args.scenario or list(SCENARIOS)
+    scenarios = args.scenario or DEFAULT_SCENARIOS
     ckpt = args.ckpt or ROOT / "benchmarks" / ".cache" / "tirex_random_published_size.ckpt"
     if not ckpt.exists():
         ckpt.parent.mkdir(parents=True, exist_ok=True)

@@ -14,13 +14,21 @@ TAG="${1:?usage: run_cpu_family.sh TAG}"
 OUT=benchmarks/results
 lscpu | grep -E "Model name|^CPU\(s\)|Flags" | sed 's/^/# /'
 uptime
+# The fast mode is measured at batch 32 only where the CPU multiplies bfloat16 natively: elsewhere
+# set_fast_mode refuses it (emulated bfloat16 runs about 30x slower), and batch 1 already shows that cost.
+b32_fast=()
+if .venv/bin/python -c "import sys, tirex.inference as i; sys.exit(0 if i.cpu_has_fast_bf16() else 1)"; then
+  b32_fast=(--ours-fast)
+else
+  echo "# no native bfloat16 on this CPU: fast mode timed at batch 1 only"
+fi
 for threads in 1 default; do
   extra=()
   [ "$threads" = 1 ] && extra=(--threads 1)
   .venv/bin/python benchmarks/bench_inference.py "${extra[@]}" --ours-fast --variant torch_mm=TIREX_CPU_GEMM=0 \
     --scenario b1_ctx2048_h32 --procs 3 --reps 5 --json "$OUT/cpu_${TAG}_b1_threads${threads}.json"
   uptime
-  .venv/bin/python benchmarks/bench_inference.py "${extra[@]}" --ours-fast \
+  .venv/bin/python benchmarks/bench_inference.py "${extra[@]}" "${b32_fast[@]}" \
     --scenario b32_ctx2048_h64 --procs 2 --reps 2 --json "$OUT/cpu_${TAG}_b32_threads${threads}.json"
   uptime
 done

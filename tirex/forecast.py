@@ -97,6 +97,17 @@ def _check_finite(quantiles: torch.Tensor, series: list[torch.Tensor]) -> None:
                        "(check them with torch.isfinite(p).all() for p in model.parameters())")
 
 
+def data_length_order(series: list[torch.Tensor], context_length: int) -> list[int]:
+    """Indices of ``series`` ordered by how much of the model's window holds data (from the first observed
+    value within the last ``context_length`` values to the end), longest first; ties keep the input order."""
+    def span(s: torch.Tensor) -> int:
+        observed = ~torch.isnan(s[-context_length:])
+        return int(observed.numel() - observed.int().argmax()) if bool(observed.any()) else 0
+
+    spans = [span(s) for s in series]
+    return sorted(range(len(series)), key=lambda i: -spans[i])
+
+
 def forecast_tensors(
     model: "TiRexModel",
     series: list[torch.Tensor],
@@ -125,10 +136,14 @@ def forecast_tensors(
             "forecast is rolled out from the model's own predictions", UserWarning, stacklevel=3,
         )
     bar = _progress_bar(progress, n_batches * patches)
+    # Over several batches, series of similar length go together: a batch's shared empty (padded) start is
+    # skipped (TiRexModel.empty_prefix_states), so a batch of short series costs only their own tokens.
+    order = data_length_order(series, cfg.context_length) if n_batches > 1 else None
+    ordered = series if order is None else [series[i] for i in order]
     quantiles, means = [], []
     try:
-        for start in range(0, len(series), batch_size):
-            chunk = series[start : start + batch_size]
+        for start in range(0, len(ordered), batch_size):
+            chunk = ordered[start : start + batch_size]
             factors = torch.tensor([power_of_two_scale(s) for s in chunk], dtype=torch.float64).view(-1, 1, 1)
             # only the last window matters; longer history is dropped before padding (saves memory)
             scaled = [s[-cfg.context_length :] / float(f) for s, f in zip(chunk, factors.view(-1))]
@@ -148,6 +163,10 @@ def forecast_tensors(
         if bar is not None:
             bar.close()
     quantiles, means = torch.cat(quantiles), torch.cat(means)
+    if order is not None:  # back to the input's order
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        quantiles, means = quantiles[inverse], means[inverse]
     _check_finite(quantiles, series)
     if _to_output_dtype(torch.cat([quantiles.flatten(), means.flatten()])).dtype == torch.float32:
         return quantiles.float(), means.float()

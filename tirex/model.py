@@ -19,6 +19,14 @@ from .slstm import SLSTMBlock, SLSTMState
 STACKED_ROWS = 128  # rollout passes are stacked along the batch up to this many series per forward
 
 
+def empty_prefix_length(tokens: torch.Tensor) -> int:
+    """How many leading tokens of (batch, tokens, 2 * patch) are empty (all zero: no data) in every series."""
+    has_data = tokens.ne(0).any(dim=2).any(dim=0)  # (tokens,)
+    if not bool(has_data.any()):
+        return tokens.shape[1]
+    return int(has_data.int().argmax())
+
+
 class TiRexModel(nn.Module):
     """An sLSTM-only xLSTM over patches of a series, predicting quantiles of the next patch at every token.
 
@@ -104,8 +112,45 @@ class TiRexModel(nn.Module):
         if num_patches > 1:
             empty = tokens.new_zeros(tokens.shape[0], num_patches - 1, tokens.shape[2])
             tokens = torch.cat([tokens, empty], dim=1)
-        out = self(tokens, last_tokens=num_patches)
+        # Leading tokens that are empty in every series (left padding of short series, missing starts) take
+        # every series through the same states: start from those states, computed once (see empty_prefix_states).
+        lead = min(empty_prefix_length(tokens), tokens.shape[1] - num_patches)
+        states = self.empty_prefix_states(lead, tokens.shape[0]) if lead > 0 else None
+        out = self(tokens[:, lead:], states, last_tokens=num_patches)
         return out * scale.view(-1, 1, 1, 1) + loc.view(-1, 1, 1, 1)
+
+    @torch.no_grad()
+    def empty_prefix_states(self, length: int, batch: int = 1) -> list[SLSTMState]:
+        """Per-block states after ``length`` empty tokens (an all-NaN patch: values 0, mask 0) from a fresh start.
+
+        The token input is the same for every series there, so these states are too: a batch of short
+        series, left-padded to the window, need not step each series through its padding. Computed once per
+        length at batch 1 (continuing from the longest shorter length already known) and kept until a
+        parameter, the numerics or the kernels change; returned expanded to ``batch`` rows (views). A forward
+        from them gives the same bits as a forward over the padding wherever a row's result does not depend
+        on the other rows (the compiled CPU kernels: README "Speed"); elsewhere the same values up to float
+        rounding, as between batch compositions.
+        """
+        key = self._prefix_key()
+        cache = self.__dict__.get("_prefix_cache")
+        if cache is None or cache[0] != key:
+            cache = (key, {0: None})
+            self.__dict__["_prefix_cache"] = cache  # not an nn.Module attribute: no state dict entry
+        known = cache[1]
+        if length not in known:
+            start = max(k for k in list(known) if k < length)
+            empty = torch.zeros(1, length - start, 2 * self.config.patch_size, device=next(self.parameters()).device)
+            _, states = self(empty, known[start], return_states=True, last_tokens=1)
+            known[length] = [SLSTMState(*(t.detach().clone() for t in s)) for s in states]
+        return [SLSTMState(*(t.expand(-1, batch, -1) for t in s)) for s in known[length]]
+
+    def _prefix_key(self) -> tuple:
+        """What the empty-prefix states depend on besides the length: every parameter (in-place updates bump
+        ``_version``), the numerics, the backends and the CPU kernels in use."""
+        dispatch = inference.dispatch()
+        settings = tuple((b.slstm.backend, b.slstm.matmul_dtype, b.slstm.recurrence_dtype) for b in self.blocks)
+        return (dispatch.level, dispatch.matmuls, settings,
+                tuple((p._version, p.data_ptr(), p.device, p.dtype) for p in self.parameters()))
 
     @torch.no_grad()
     def rollout(

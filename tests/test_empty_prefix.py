@@ -1,0 +1,136 @@
+"""Shared empty starts: a batch's leading tokens that hold no data in any series (left padding of short
+series, missing starts) are not stepped through per series; the forward starts from the states after that
+many empty tokens, computed once per model (``TiRexModel.empty_prefix_states``). Same bits as the full
+forward on the compiled CPU paths, the same values up to rounding noise elsewhere; the states follow every
+change of the weights and numerics; ``forecast`` groups series of similar length and keeps the input order."""
+
+import numpy as np
+import pytest
+import torch
+
+from tirex import ModelConfig, TiRexModel, cpu_kernel
+from tirex.forecast import data_length_order
+from tirex.model import empty_prefix_length
+from tirex.scaling import fit_scale, patch_tokens, window
+
+RUNNABLE = cpu_kernel.runnable_levels()
+
+
+@pytest.fixture
+def restore_dispatch():
+    yield
+    cpu_kernel.reset()
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    model = TiRexModel(ModelConfig(embed_dim=128, num_heads=2, num_blocks=2, input_ff_dim=96,
+                                   context_length=256)).eval()  # 8 tokens of 32
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+@torch.no_grad()
+def full_forward(model, context, num_patches=1):
+    """``predict_patches`` as it was before: every token of the window through every block."""
+    cfg = model.config
+    x = window(context.float(), cfg.context_length)
+    loc, scale = fit_scale(x)
+    tokens = patch_tokens((x - loc) / scale, cfg.patch_size)
+    if num_patches > 1:
+        tokens = torch.cat([tokens, tokens.new_zeros(tokens.shape[0], num_patches - 1, tokens.shape[2])], dim=1)
+    return model(tokens, last_tokens=num_patches) * scale.view(-1, 1, 1, 1) + loc.view(-1, 1, 1, 1)
+
+
+def _contexts(seed=0):
+    """Batches whose shared empty start is 0 to 7 tokens of the 8, including missing starts and all-NaN."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for lengths in ([20], [100, 70], [255, 40, 33], [256], [400, 10], [64, 64, 64]):
+        width = max(lengths)
+        ctx = torch.full((len(lengths), width), float("nan"))
+        for i, n in enumerate(lengths):
+            ctx[i, width - n:] = torch.tensor(rng.normal(size=n).cumsum(), dtype=torch.float32)
+        out.append(ctx)
+    missing_start = torch.tensor(rng.normal(size=(2, 300)).cumsum(1), dtype=torch.float32)
+    missing_start[:, :200] = float("nan")  # data only in the last 100 values: 4 of 8 tokens hold data
+    out.append(missing_start)
+    out.append(torch.full((2, 50), float("nan")))  # nothing observed at all
+    return out
+
+
+def _assert_matches(model, a, b):
+    if model.backend_info()["cpu"]["batch_independent_bitwise"]:
+        assert torch.equal(a, b)
+    else:
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+
+
+def test_empty_prefix_length():
+    t = torch.zeros(3, 6, 4)
+    assert empty_prefix_length(t) == 6
+    t[1, 4, 3] = 1.0  # a mask bit of series 1 in token 4
+    assert empty_prefix_length(t) == 4
+    t[2, 2, 0] = -0.5
+    assert empty_prefix_length(t) == 2
+    t[0, 0, 1] = 2.0
+    assert empty_prefix_length(t) == 0
+
+
+@pytest.mark.parametrize("level", RUNNABLE)
+@pytest.mark.parametrize("num_patches", [1, 3])
+def test_starting_after_the_shared_empty_tokens_equals_the_full_forward(level, num_patches, restore_dispatch):
+    model = _model()
+    cpu_kernel.select(level, "compiled")
+    for ctx in _contexts():
+        _assert_matches(model, model.predict_patches(ctx, num_patches), full_forward(model, ctx, num_patches))
+    # the prefix states of the lengths met were computed and kept (the path above really skipped tokens)
+    assert set(model._prefix_cache[1]) >= {0, 4, 7}
+
+
+def test_the_forward_skips_the_shared_empty_tokens():
+    model = _model()
+    steps = []
+    model.blocks[0].register_forward_hook(lambda module, args, out: steps.append(args[0].shape[1]))
+    ctx = torch.tensor(np.random.default_rng(0).normal(size=(3, 70)), dtype=torch.float32)  # 3 of 8 tokens hold data
+    model.predict_patches(ctx)
+    assert steps[-1] == 3
+    model.predict_patches(ctx, 2)  # one more (empty) token appended for the second patch
+    assert steps[-1] == 4
+
+
+def test_the_states_follow_the_weights_and_numerics():
+    model = _model()
+    ctx = _contexts()[1]
+    assert torch.equal(model.predict_patches(ctx), full_forward(model, ctx))  # fills the cache
+    with torch.no_grad():  # in place, as an optimizer step does
+        model.blocks[0].slstm.bias.add_(0.3)
+        next(model.patch_embedding.parameters()).add_(0.1)
+    assert torch.equal(model.predict_patches(ctx), full_forward(model, ctx))
+    other = _model(seed=3)
+    model.load_state_dict(other.state_dict())
+    assert torch.equal(model.predict_patches(ctx), full_forward(other, ctx))
+    model.set_recurrence_dtype("float32")
+    other.set_recurrence_dtype("float32")
+    assert torch.equal(model.predict_patches(ctx), full_forward(other, ctx))
+
+
+def test_data_length_order():
+    nan = float("nan")
+    series = [torch.ones(5), torch.ones(300), torch.tensor([nan] * 250 + [1.0] * 10), torch.ones(40),
+              torch.full((9,), nan), torch.ones(5)]
+    # spans of data within the last 256 values: 5, 256, 10, 40, 0, 5; ties keep the input order
+    assert data_length_order(series, 256) == [1, 3, 2, 0, 5, 4]
+
+
+def test_forecast_over_several_batches_keeps_the_input_order():
+    model = _model()
+    rng = np.random.default_rng(2)
+    series = [rng.normal(size=n).cumsum() for n in (30, 500, 12, 260, 90, 31, 200, 7)]
+    q, mean = model.forecast(series, prediction_length=40, batch_size=3, output_type="torch")
+    for i, s in enumerate(series):
+        q_one, mean_one = model.forecast(s, prediction_length=40, output_type="torch")
+        _assert_matches(model, q[i : i + 1], q_one)
+        _assert_matches(model, mean[i : i + 1], mean_one)
