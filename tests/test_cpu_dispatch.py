@@ -150,6 +150,35 @@ def test_every_level_gives_the_same_forecast(restore_dispatch, recurrence):
 
 
 @kernels
+@pytest.mark.parametrize("dh", [48, 40, 8])  # 4 x dh columns: multiples of 64 / of 32 and 16 / of 32 only
+@pytest.mark.parametrize("emulate_bf16", [False, True])
+def test_every_level_runs_the_same_recurrence(dh, emulate_bf16, restore_dispatch):
+    """The compiled recurrence alone, bit for bit on every level: the float32 recurrent product (vector
+    register blocks on AVX2 / AVX-512 where the columns allow, the generic loop elsewhere and on the portable
+    level), rows in blocks of 4 and single rows, fresh and continued from a state."""
+    from tirex.slstm import _recurrence_cpu_kernel
+
+    def slstm_recurrence(wx, r, b, state, emulate, backend):
+        y, new_state = _recurrence_cpu_kernel(wx, r, b, state, emulate)
+        assert y is not None, "the kernel did not take this shape"
+        return y, new_state
+
+    g = torch.Generator().manual_seed(dh)
+    results = {}
+    for batch in (1, 5, 9):
+        wx = torch.randn(3, batch, 11, 4 * dh, generator=g) * 1.5
+        r = torch.randn(3, dh, 4 * dh, generator=g) * (0.5 / dh**0.5)
+        b = torch.randn(3, 4 * dh, generator=g)
+        for level in RUNNABLE:
+            cpu_kernel.select(level, "compiled")
+            y, state = slstm_recurrence(wx, r, b, None, emulate_bf16, "cpu")
+            y2, _ = slstm_recurrence(wx, r, b, state, emulate_bf16, "cpu")  # continued from a state
+            results[level, batch] = torch.cat([y.flatten(), y2.flatten(), *(s.flatten() for s in state)])
+        for level in RUNNABLE:
+            assert torch.equal(results[level, batch], results["portable", batch]), (level, batch)
+
+
+@kernels
 @pytest.mark.parametrize("level", RUNNABLE)
 def test_compiled_matmuls_of_every_level_match_and_rows_are_independent(level, restore_dispatch):
     """Every level gives the portable level's bits; a row alone, or among a few, equals the same row of a

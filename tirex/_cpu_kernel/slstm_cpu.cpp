@@ -218,6 +218,31 @@ inline void matmul_rows_pairs(const float* y, const uint32_t* Rp, float* acc, in
       for (int v = 0; v < NV; ++v) L::store(acc + bi * G + j0 + L::W * v, a[bi][v]);
   }
 }
+
+// acc[RB][G] = y[RB][D] @ R[D][G] for a float32 R (the float32 recurrence): matmul_rows with explicit vectors,
+// RB rows x NV vectors of columns in registers (the generic loop's 4 x 64 accumulators do not fit AVX2's 16
+// registers and spill). The same products in the same order (k ascending, one FMA chain per column from
+// zero): bitwise the results of matmul_rows.
+template <int RB, int NV>
+inline void matmul_rows_vec(const float* y, const float* R, float* acc, int D, int G) {
+  using L = Lanes;
+  for (int j0 = 0; j0 < G; j0 += L::W * NV) {
+    typename L::F a[RB][NV];
+    for (int bi = 0; bi < RB; ++bi)
+      for (int v = 0; v < NV; ++v) a[bi][v] = L::zero();
+    for (int k = 0; k < D; ++k) {
+      const float* r = R + static_cast<size_t>(k) * G + j0;
+      typename L::F rv[NV];
+      for (int v = 0; v < NV; ++v) rv[v] = L::load(r + L::W * v);
+      for (int bi = 0; bi < RB; ++bi) {
+        const typename L::F yv = L::set1(y + bi * D + k);
+        for (int v = 0; v < NV; ++v) a[bi][v] = L::fma(yv, rv[v], a[bi][v]);
+      }
+    }
+    for (int bi = 0; bi < RB; ++bi)
+      for (int v = 0; v < NV; ++v) L::store(acc + bi * G + j0 + L::W * v, a[bi][v]);
+  }
+}
 #endif
 
 struct Problem {
@@ -269,6 +294,13 @@ inline void group_norm_row(const float* y, const float* w, const float* residual
   }
 }
 
+#if TIREX_AVX2 || TIREX_AVX512
+// matmul_rows_vec's register block: 4 rows x 16 (AVX2) or 64 (AVX-512) columns; 8 or 16 accumulators.
+constexpr int kVecRB = 4;
+constexpr int kVecNV = TIREX_AVX512 ? 4 : 2;
+constexpr int kVecNV1 = TIREX_AVX512 ? 4 : 8;  // a single row: 4 or 8 independent chains (64 columns)
+#endif
+
 // One item: head h, batch rows [b0, b1), all time steps.
 template <bool BF16>
 void run_item(const Problem& p, int h, int b0, int b1) {
@@ -292,6 +324,12 @@ void run_item(const Problem& p, int h, int b0, int b1) {
       const uint32_t* Rp = reinterpret_cast<const uint32_t*>(p.R_pairs + static_cast<size_t>(h) * D * G);
       for (; bi + 4 <= nb; bi += 4) matmul_rows_pairs<4, (TIREX_AVX512 ? 4 : 2)>(y.data() + bi * D, Rp, acc.data() + bi * G, D, G);
       for (; bi < nb; ++bi) matmul_rows_pairs<1, 8>(y.data() + bi * D, Rp, acc.data() + bi * G, D, G);
+    } else if (G % (Lanes::W * kVecNV) == 0) {
+      for (; bi + kVecRB <= nb; bi += kVecRB) matmul_rows_vec<kVecRB, kVecNV>(y.data() + bi * D, R, acc.data() + bi * G, D, G);
+      if (G % (Lanes::W * kVecNV1) == 0) {
+        for (; bi < nb; ++bi) matmul_rows_vec<1, kVecNV1>(y.data() + bi * D, R, acc.data() + bi * G, D, G);
+      }
+      for (; bi < nb; ++bi) matmul_rows_vec<1, kVecNV>(y.data() + bi * D, R, acc.data() + bi * G, D, G);
     } else
 #endif
     if (G % 64 == 0) {
