@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tirex import ModelConfig, TiRexModel, cpu_kernel
-from tirex.forecast import data_length_order
+from tirex.forecast import plan_batches
 from tirex.model import empty_prefix_length
 from tirex.scaling import fit_scale, patch_tokens, window
 
@@ -117,19 +117,33 @@ def test_the_states_follow_the_weights_and_numerics():
     assert torch.equal(model.predict_patches(ctx), full_forward(other, ctx))
 
 
-def test_data_length_order():
+def test_plan_batches_groups_series_by_the_tokens_that_hold_data():
     nan = float("nan")
-    series = [torch.ones(5), torch.ones(300), torch.tensor([nan] * 250 + [1.0] * 10), torch.ones(40),
-              torch.full((9,), nan), torch.ones(5)]
-    # spans of data within the last 256 values: 5, 256, 10, 40, 0, 5; ties keep the input order
-    assert data_length_order(series, 256) == [1, 3, 2, 0, 5, 4]
+    series = [torch.ones(256), torch.ones(250), torch.ones(40), torch.tensor([nan] * 250 + [1.0] * 30),
+              torch.ones(5), torch.ones(300), torch.full((9,), nan)]
+    # tokens of 32 holding data in the last 256 values: 8, 8, 2, 1, 1, 8, 0; most first, ties in input order
+    order, bounds = plan_batches(series, 256, 32, batch_size=3)
+    assert order == [0, 1, 5, 2, 3, 4, 6]
+    assert bounds == [(0, 3), (3, 6), (6, 7)]  # full batches of 3: no cut saves more than a window (8 token rows)
+    order, bounds = plan_batches(series, 256, 32, batch_size=10)
+    assert bounds == [(0, 7)]  # an early cut needs MIN_EARLY_CUT series in the batch first
+    assert plan_batches(series[:1], 256, 32, 10) == ([0], [(0, 1)])
+    # 20 full windows, then 30 series of one token: (8 - 1) x 30 = 210 token rows saved > 4 windows (32)
+    many = [torch.ones(300)] * 20 + [torch.ones(10)] * 30
+    order, bounds = plan_batches(many, 256, 32, batch_size=256)
+    assert order == list(range(50)) and bounds == [(0, 20), (20, 50)]
+    few = [torch.ones(300)] * 20 + [torch.ones(10)] * 4  # (8 - 1) x 4 = 28 <= 32: not worth a forward
+    assert plan_batches(few, 256, 32, batch_size=256)[1] == [(0, 24)]
 
 
 def test_forecast_over_several_batches_keeps_the_input_order():
     model = _model()
     rng = np.random.default_rng(2)
     series = [rng.normal(size=n).cumsum() for n in (30, 500, 12, 260, 90, 31, 200, 7)]
+    series[2][:5] = np.nan  # a missing start
     q, mean = model.forecast(series, prediction_length=40, batch_size=3, output_type="torch")
+    q_all, _ = model.forecast(series, prediction_length=40, output_type="torch")  # one batch of 256 at most, cut by length
+    _assert_matches(model, q, q_all)
     for i, s in enumerate(series):
         q_one, mean_one = model.forecast(s, prediction_length=40, output_type="torch")
         _assert_matches(model, q[i : i + 1], q_one)

@@ -260,7 +260,8 @@ class TiRexModel(nn.Module):
                 the cost is linear in it; see ``rollout`` for long horizons).
             quantile_levels: levels in (0, 1); default the model's (0.1 ... 0.9). Others are
                 interpolated between, and extrapolated beyond, the model's levels.
-            batch_size: series per forward pass. Results do not depend on it.
+            batch_size: at most this many series per forward pass (series of similar length go
+                together: ``tirex.forecast.plan_batches``). Results do not depend on it.
             rollout_steps: patches predicted per pass (the reference's ``max_accelerated_rollout_steps``).
             max_masked_fraction: cap on the share of the window left as masked future; None = reference.
             output_type: "torch" or "numpy" for array inputs (default: numpy for numpy input, else torch).
