@@ -148,3 +148,17 @@ def test_forecast_over_several_batches_keeps_the_input_order():
         q_one, mean_one = model.forecast(s, prediction_length=40, output_type="torch")
         _assert_matches(model, q[i : i + 1], q_one)
         _assert_matches(model, mean[i : i + 1], mean_one)
+
+
+def test_a_stream_starts_after_the_shared_empty_tokens():
+    model = _model()
+    steps = []
+    model.blocks[0].register_forward_hook(lambda module, args, out: steps.append(args[0].shape[1]))
+    ctx = torch.tensor(np.random.default_rng(4).normal(size=(2, 70)).cumsum(1), dtype=torch.float32)
+    stream = model.stream(ctx)
+    assert steps[-1] == 3  # 3 of the window's 8 tokens hold data
+    q_stream, _ = stream.forecast(32)
+    q_fresh, _ = model.forecast(ctx, prediction_length=32, output_type="torch")
+    _assert_matches(model, q_stream, q_fresh)
+    stream.update(torch.ones(2, 40))
+    assert torch.isfinite(stream.forecast(20)[0]).all()
