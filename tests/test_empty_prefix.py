@@ -132,6 +132,7 @@ def test_plan_batches_groups_series_by_the_tokens_that_hold_data():
     many = [torch.ones(300)] * 20 + [torch.ones(10)] * 30
     order, bounds = plan_batches(many, 256, 32, batch_size=256)
     assert order == list(range(50)) and bounds == [(0, 20), (20, 50)]
+    assert plan_batches(many, 256, 32, batch_size=256, early_cuts=False)[1] == [(0, 50)]  # GPUs: full batches
     few = [torch.ones(300)] * 20 + [torch.ones(10)] * 4  # (8 - 1) x 4 = 28 <= 32: not worth a forward
     assert plan_batches(few, 256, 32, batch_size=256)[1] == [(0, 24)]
 

@@ -100,8 +100,8 @@ def _check_finite(quantiles: torch.Tensor, series: list[torch.Tensor]) -> None:
 MIN_EARLY_CUT = 16  # series in a batch before plan_batches may end it early
 
 
-def plan_batches(series: list[torch.Tensor], context_length: int, patch_size: int,
-                 batch_size: int) -> tuple[list[int], list[tuple[int, int]]]:
+def plan_batches(series: list[torch.Tensor], context_length: int, patch_size: int, batch_size: int,
+                 early_cuts: bool = True) -> tuple[list[int], list[tuple[int, int]]]:
     """The forward batches of ``forecast_tensors``: an order of ``series`` and ``(start, end)`` bounds in it.
 
     A batch's leading tokens that are empty in every series are skipped (``TiRexModel.empty_prefix_states``),
@@ -112,8 +112,9 @@ def plan_batches(series: list[torch.Tensor], context_length: int, patch_size: in
     than a forward's fixed cost, taken as four full windows (``4 * context_length / patch_size`` token rows;
     small batches run the recurrence and the matmuls less efficiently). Measured on 256 series of random
     lengths, bundled model, two Zen 3 cores: lengths 16-1000 1.06 -> 0.82 s, 16-4000 1.81 -> 1.64 s against
-    one batch in input order (1 or 8 token rows of fixed cost, or no minimum, were slower). Results do not
-    depend on the batches.
+    one batch in input order (1 or 8 token rows of fixed cost, or no minimum, were slower). ``early_cuts``
+    False keeps full batches: on a GPU a batch's time grows with its tokens far more than with its rows, so
+    a second forward costs more than the shorter series save. Results do not depend on the batches.
     """
     n = len(series)
     tokens = []
@@ -126,7 +127,7 @@ def plan_batches(series: list[torch.Tensor], context_length: int, patch_size: in
     bounds, start = [], 0
     for j in range(1, n):
         saving = (tokens[order[start]] - tokens[order[j]]) * min(n - j, batch_size)
-        if j - start >= batch_size or (j - start >= MIN_EARLY_CUT and saving > fixed):
+        if j - start >= batch_size or (early_cuts and j - start >= MIN_EARLY_CUT and saving > fixed):
             bounds.append((start, j))
             start = j
     if n:
@@ -153,7 +154,8 @@ def forecast_tensors(
     cfg = model.config
     device = next(model.parameters()).device
     patches = math.ceil(prediction_length / cfg.patch_size)
-    order, bounds = plan_batches(series, cfg.context_length, cfg.patch_size, batch_size)
+    order, bounds = plan_batches(series, cfg.context_length, cfg.patch_size, batch_size,
+                                 early_cuts=device.type == "cpu")
     n_batches = len(bounds)
     passes = math.ceil(patches / rollout_steps)
     if passes > LONG_ROLLOUT_PASSES:
