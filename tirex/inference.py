@@ -139,10 +139,11 @@ def use_matmul_layout_(model: nn.Module) -> None:
     """
     with _layout_lock:
         for module in model.modules():
-            if isinstance(module, nn.Linear) and module.weight.device.type == "cpu":
-                converted = column_major(module.weight.data)
-                if converted is not module.weight.data:
-                    module.weight.data = converted
+            if isinstance(module, nn.Linear):
+                weight = module.weight
+                # checked on the parameter itself: `.data` makes a new tensor object per call (every forward)
+                if weight.device.type == "cpu" and weight.dim() == 2 and min(weight.shape) > 1 and weight.is_contiguous():
+                    module.weight.data = column_major(weight.data)
 
 
 _layout_lock = threading.Lock()

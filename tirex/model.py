@@ -149,8 +149,9 @@ class TiRexModel(nn.Module):
         ``_version``), the numerics, the backends and the CPU kernels in use."""
         dispatch = inference.dispatch()
         settings = tuple((b.slstm.backend, b.slstm.matmul_dtype, b.slstm.recurrence_dtype) for b in self.blocks)
-        return (dispatch.level, dispatch.matmuls, settings,
-                tuple((p._version, p.data_ptr(), p.device, p.dtype) for p in self.parameters()))
+        first = next(self.parameters())  # moving or casting a parameter gives it new memory (data_ptr)
+        return (dispatch.level, dispatch.matmuls, settings, first.device, first.dtype,
+                tuple((p._version, p.data_ptr()) for p in self.parameters()))
 
     @torch.no_grad()
     def rollout(
