@@ -163,3 +163,32 @@ def test_a_stream_starts_after_the_shared_empty_tokens():
     _assert_matches(model, q_stream, q_fresh)
     stream.update(torch.ones(2, 40))
     assert torch.isfinite(stream.forecast(20)[0]).all()
+
+
+def test_threads_filling_the_cache_at_once_get_the_sequential_results():
+    import threading
+
+    rng = np.random.default_rng(5)
+    jobs = [[rng.normal(size=int(n)).cumsum() for n in rng.integers(5, 300, size=int(k))] for k in rng.integers(1, 5, 12)]
+    reference = _model()
+    sequential = [reference.forecast(s, prediction_length=40, output_type="torch")[0] for s in jobs]
+    model = _model()  # the same weights, an empty cache that the threads fill concurrently
+    results, errors = [None] * len(jobs), []
+    start = threading.Barrier(4)
+
+    def work(k):
+        try:
+            start.wait()
+            for i in range(k, len(jobs), 4):
+                results[i] = model.forecast(jobs[i], prediction_length=40, output_type="torch")[0]
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for q, expected in zip(results, sequential):
+        _assert_matches(model, q, expected)
