@@ -8,6 +8,15 @@ SHARED = Path(os.environ.get("TIREX_SHARED", ROOT.parent / "shared"))
 FIXTURE = SHARED / "fixtures" / "tirex_reference_small"
 
 
+@pytest.fixture
+def restore_dispatch():
+    """Back to the CPU kernel dispatch the environment gives, after a test that forced a level."""
+    from tirex import cpu_kernel
+
+    yield
+    cpu_kernel.reset()
+
+
 @pytest.fixture(scope="session")
 def fixture_dir() -> Path:
     if not FIXTURE.is_dir():

@@ -18,12 +18,6 @@ RUNNABLE = cpu_kernel.runnable_levels()
 kernels = pytest.mark.skipif(cpu_kernel.load() is None, reason=f"CPU kernel unavailable: {cpu_kernel.error()}")
 
 
-@pytest.fixture
-def restore_dispatch():
-    yield
-    cpu_kernel.reset()
-
-
 def _model(seed=0, embed=64, heads=2):
     torch.manual_seed(seed)
     model = TiRexModel(ModelConfig(embed_dim=embed, num_heads=heads, num_blocks=2, input_ff_dim=96,
@@ -158,8 +152,8 @@ def test_every_level_runs_the_same_recurrence(dh, emulate_bf16, restore_dispatch
     level), rows in blocks of 4 and single rows, fresh and continued from a state."""
     from tirex.slstm import _recurrence_cpu_kernel
 
-    def slstm_recurrence(wx, r, b, state, emulate, backend):
-        y, new_state = _recurrence_cpu_kernel(wx, r, b, state, emulate)
+    def run(wx, r, b, state):
+        y, new_state = _recurrence_cpu_kernel(wx, r, b, state, emulate_bf16)
         assert y is not None, "the kernel did not take this shape"
         return y, new_state
 
@@ -171,8 +165,8 @@ def test_every_level_runs_the_same_recurrence(dh, emulate_bf16, restore_dispatch
         b = torch.randn(3, 4 * dh, generator=g)
         for level in RUNNABLE:
             cpu_kernel.select(level, "compiled")
-            y, state = slstm_recurrence(wx, r, b, None, emulate_bf16, "cpu")
-            y2, _ = slstm_recurrence(wx, r, b, state, emulate_bf16, "cpu")  # continued from a state
+            y, state = run(wx, r, b, None)
+            y2, _ = run(wx, r, b, state)  # continued from a state
             results[level, batch] = torch.cat([y.flatten(), y2.flatten(), *(s.flatten() for s in state)])
         for level in RUNNABLE:
             assert torch.equal(results[level, batch], results["portable", batch]), (level, batch)

@@ -8,28 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from tirex import ModelConfig, TiRexModel, cpu_kernel
+from tirex import cpu_kernel
 from tirex.forecast import plan_batches
 from tirex.model import empty_prefix_length
 from tirex.scaling import fit_scale, patch_tokens, window
 
-RUNNABLE = cpu_kernel.runnable_levels()
-
-
-@pytest.fixture
-def restore_dispatch():
-    yield
-    cpu_kernel.reset()
+from test_cpu_dispatch import RUNNABLE
+from test_cpu_dispatch import _model as _dispatch_model
 
 
 def _model(seed=0):
-    torch.manual_seed(seed)
-    model = TiRexModel(ModelConfig(embed_dim=128, num_heads=2, num_blocks=2, input_ff_dim=96,
-                                   context_length=256)).eval()  # 8 tokens of 32
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
+    return _dispatch_model(seed, embed=128)  # context 256: 8 tokens of 32; head_dim 64 (bfloat16 pairs)
 
 
 @torch.no_grad()

@@ -190,7 +190,7 @@ def forecast_tensors(
         if bar is not None:
             bar.close()
     quantiles, means = torch.cat(quantiles), torch.cat(means)
-    if order != sorted(order):  # back to the input's order
+    if order != list(range(len(order))):  # back to the input's order
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(len(order))
         quantiles, means = quantiles[inverse], means[inverse]

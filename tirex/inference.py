@@ -142,16 +142,21 @@ def use_matmul_layout_(model: nn.Module) -> None:
             if isinstance(module, nn.Linear):
                 weight = module.weight
                 # checked on the parameter itself: `.data` makes a new tensor object per call (every forward)
-                if weight.device.type == "cpu" and weight.dim() == 2 and min(weight.shape) > 1 and weight.is_contiguous():
+                if weight.device.type == "cpu" and _row_major_matrix(weight):
                     module.weight.data = column_major(weight.data)
 
 
 _layout_lock = threading.Lock()
 
 
+def _row_major_matrix(weight: torch.Tensor) -> bool:
+    """A contiguous (row-major) matrix of at least two rows and columns: what ``column_major`` converts."""
+    return weight.dim() == 2 and min(weight.shape) > 1 and weight.is_contiguous()
+
+
 def column_major(weight: torch.Tensor) -> torch.Tensor:
     """A column-major copy of a contiguous matrix (same shape and values); anything else is returned as is."""
-    if weight.dim() == 2 and min(weight.shape) > 1 and weight.is_contiguous():
+    if _row_major_matrix(weight):
         return weight.t().contiguous().t()
     return weight
 

@@ -112,12 +112,18 @@ class TiRexModel(nn.Module):
         if num_patches > 1:
             empty = tokens.new_zeros(tokens.shape[0], num_patches - 1, tokens.shape[2])
             tokens = torch.cat([tokens, empty], dim=1)
-        # Leading tokens that are empty in every series (left padding of short series, missing starts) take
-        # every series through the same states: start from those states, computed once (see empty_prefix_states).
-        lead = min(empty_prefix_length(tokens), tokens.shape[1] - num_patches)
-        states = self.empty_prefix_states(lead, tokens.shape[0]) if lead > 0 else None
-        out = self(tokens[:, lead:], states, last_tokens=num_patches)
+        tokens, states = self.skip_empty_start(tokens, keep=num_patches)
+        out = self(tokens, states, last_tokens=num_patches)
         return out * scale.view(-1, 1, 1, 1) + loc.view(-1, 1, 1, 1)
+
+    def skip_empty_start(self, tokens: torch.Tensor, keep: int = 1) -> tuple[torch.Tensor, list[SLSTMState] | None]:
+        """(tokens after the leading ones that are empty in every series, the states after those) for a fresh
+        forward: left padding of short series and missing starts take every series through the same states,
+        computed once (``empty_prefix_states``). At least the last ``keep`` tokens are kept."""
+        lead = min(empty_prefix_length(tokens), tokens.shape[1] - keep)
+        if lead <= 0:
+            return tokens, None
+        return tokens[:, lead:], self.empty_prefix_states(lead, tokens.shape[0])
 
     @torch.no_grad()
     def empty_prefix_states(self, length: int, batch: int = 1) -> list[SLSTMState]:

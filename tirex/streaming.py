@@ -18,7 +18,6 @@ import torch
 
 from .forecast import _check_finite, _to_output_dtype
 from .inputs import pad_batch, power_of_two_scale
-from .model import empty_prefix_length
 from .scaling import fit_scale, patch_tokens, window
 from .slstm import SLSTMState
 from .validation import check_prediction_length, check_update, to_series_list
@@ -49,9 +48,9 @@ class Stream:
         self.loc, self.scale = fit_scale(x)
         tokens = patch_tokens((x - self.loc) / self.scale, p)
         # as in a forecasting pass, start after the leading tokens that are empty in every series
-        lead = min(empty_prefix_length(tokens), tokens.shape[1] - 1)
-        self.states: list[SLSTMState] | None = model.empty_prefix_states(lead, tokens.shape[0]) if lead else None
-        self._last_output = self._advance(tokens[:, lead:])
+        tokens, states = model.skip_empty_start(tokens)
+        self.states: list[SLSTMState] | None = states
+        self._last_output = self._advance(tokens)
         self.partial = ctx.new_zeros((ctx.shape[0], 0))
         self.steps_seen = ctx.shape[1]
 

@@ -326,10 +326,10 @@ void run_item(const Problem& p, int h, int b0, int b1) {
       for (; bi < nb; ++bi) matmul_rows_pairs<1, 8>(y.data() + bi * D, Rp, acc.data() + bi * G, D, G);
     } else if (G % (Lanes::W * kVecNV) == 0) {
       for (; bi + kVecRB <= nb; bi += kVecRB) matmul_rows_vec<kVecRB, kVecNV>(y.data() + bi * D, R, acc.data() + bi * G, D, G);
-      if (G % (Lanes::W * kVecNV1) == 0) {
+      if (G % (Lanes::W * kVecNV1) == 0)
         for (; bi < nb; ++bi) matmul_rows_vec<1, kVecNV1>(y.data() + bi * D, R, acc.data() + bi * G, D, G);
-      }
-      for (; bi < nb; ++bi) matmul_rows_vec<1, kVecNV>(y.data() + bi * D, R, acc.data() + bi * G, D, G);
+      else
+        for (; bi < nb; ++bi) matmul_rows_vec<1, kVecNV>(y.data() + bi * D, R, acc.data() + bi * G, D, G);
     } else
 #endif
     if (G % 64 == 0) {
