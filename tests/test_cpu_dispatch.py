@@ -15,6 +15,11 @@ import torch
 from tirex import ModelConfig, TiRexModel, cpu_kernel, load_model
 
 RUNNABLE = cpu_kernel.runnable_levels()
+# (level, emulated): every level this CPU runs, then those it runs only emulated (the AVX-512 code on an AVX2
+# CPU through SIMDe, where its headers are installed: bit for bit what AVX-512 hardware computes)
+LEVELS = [(level, False) for level in RUNNABLE] + [(level, True) for level in cpu_kernel.emulatable_levels()]
+LEVEL_PARAMS = [pytest.param(level, emulated, id=f"{level}-emulated" if emulated else level)
+                for level, emulated in LEVELS]
 kernels = pytest.mark.skipif(cpu_kernel.load() is None, reason=f"CPU kernel unavailable: {cpu_kernel.error()}")
 
 
@@ -65,6 +70,34 @@ def test_forcing_an_unknown_or_unrunnable_level_is_a_clear_error(monkeypatch, re
     if cpu_kernel.is_x86() and not cpu_kernel._disabled():
         with pytest.raises(RuntimeError, match="cannot run level 'avx2'"):
             cpu_kernel.select("avx2")
+
+
+def test_emulation_is_only_for_levels_this_cpu_cannot_run(restore_dispatch):
+    with pytest.raises(ValueError, match="needs the level"):
+        cpu_kernel.select(None, emulate=True)
+    if cpu_kernel._disabled():
+        return
+    with pytest.raises(RuntimeError, match="natively: nothing to emulate"):
+        cpu_kernel.select("portable", emulate=True)
+    for level in cpu_kernel.LEVELS:
+        if level not in RUNNABLE and level != "avx512":
+            with pytest.raises(RuntimeError, match="only the AVX-512 level can be emulated"):
+                cpu_kernel.select(level, emulate=True)
+
+
+@pytest.mark.skipif(not cpu_kernel.is_x86(), reason="the x86 levels are not built on other architectures")
+def test_every_x86_level_runs_here_natively_or_emulated(restore_dispatch):
+    """On an x86 CPU with AVX2 + FMA every level's code runs in these tests, natively or emulated; where the
+    SIMDe headers are missing the skip says that the AVX-512 code was only compiled."""
+    if "avx2" not in RUNNABLE:
+        pytest.skip("this CPU runs neither the avx2 level nor an emulated avx512 one")
+    missing = [level for level in cpu_kernel.LEVELS if (level, False) not in LEVELS and (level, True) not in LEVELS]
+    reasons = {level: cpu_kernel._emulation_error(level) for level in missing}
+    if any(reason and "SIMDe" in reason for reason in reasons.values()):
+        pytest.skip(f"levels {missing} only compiled, not run: {reasons}")
+    assert not missing, reasons
+    for level, emulated in LEVELS:
+        assert cpu_kernel.select(level, emulate=emulated).library.tirex_level() == cpu_kernel.LEVELS[level].number
 
 
 # -- every level compiles, whether or not this CPU runs it ----------------------------------------------
@@ -120,12 +153,12 @@ def test_every_level_gives_the_same_forecast(restore_dispatch, recurrence):
     model.set_recurrence_dtype(recurrence)
     series = _series()
     compiled, torch_mm = {}, {}  # by the level's recurrence: with the compiled matmuls, with torch's
-    for level in RUNNABLE:
-        cpu_kernel.select(level, "compiled")
+    for level, emulated in LEVELS:
+        cpu_kernel.select(level, "compiled", emulated)
         if model.backend_info()["cpu"]["matmuls"] == "compiled":  # not the portable level on x86 (no FMA there)
-            compiled[level], _ = model.forecast(series, prediction_length=40, batch_size=4)
-        cpu_kernel.select(level, "torch")
-        torch_mm[level], _ = model.forecast(series, prediction_length=40, batch_size=4)
+            compiled[level, emulated], _ = model.forecast(series, prediction_length=40, batch_size=4)
+        cpu_kernel.select(level, "torch", emulated)
+        torch_mm[level, emulated], _ = model.forecast(series, prediction_length=40, batch_size=4)
     # the same matmuls around every level's recurrence: the same bits
     for group in (compiled, torch_mm):
         first = next(iter(group.values()), None)
@@ -137,7 +170,7 @@ def test_every_level_gives_the_same_forecast(restore_dispatch, recurrence):
     model.set_backend("torch")
     fallback, _ = model.forecast(series, prediction_length=40, batch_size=4)
     scale = torch.tensor([np.std(s[-256:]) for s in series], dtype=torch.float32).view(-1, 1, 1)
-    reference = torch_mm["portable"]
+    reference = torch_mm["portable", False]
     for other in [fallback, *compiled.values()]:
         err = (other - reference).abs() / scale
         assert err.max() < 1e-2 and err.mean() < 5e-4
@@ -163,23 +196,23 @@ def test_every_level_runs_the_same_recurrence(dh, emulate_bf16, restore_dispatch
         wx = torch.randn(3, batch, 11, 4 * dh, generator=g) * 1.5
         r = torch.randn(3, dh, 4 * dh, generator=g) * (0.5 / dh**0.5)
         b = torch.randn(3, 4 * dh, generator=g)
-        for level in RUNNABLE:
-            cpu_kernel.select(level, "compiled")
+        for level, emulated in LEVELS:
+            cpu_kernel.select(level, "compiled", emulated)
             y, state = run(wx, r, b, None)
             y2, _ = run(wx, r, b, state)  # continued from a state
-            results[level, batch] = torch.cat([y.flatten(), y2.flatten(), *(s.flatten() for s in state)])
-        for level in RUNNABLE:
-            assert torch.equal(results[level, batch], results["portable", batch]), (level, batch)
+            results[level, emulated, batch] = torch.cat([y.flatten(), y2.flatten(), *(s.flatten() for s in state)])
+        for level, emulated in LEVELS:
+            assert torch.equal(results[level, emulated, batch], results["portable", False, batch]), (level, batch)
 
 
 @kernels
-@pytest.mark.parametrize("level", RUNNABLE)
-def test_compiled_matmuls_of_every_level_match_and_rows_are_independent(level, restore_dispatch):
+@pytest.mark.parametrize("level, emulated", LEVEL_PARAMS)
+def test_compiled_matmuls_of_every_level_match_and_rows_are_independent(level, emulated, restore_dispatch):
     """Every level gives the portable level's bits; a row alone, or among a few, equals the same row of a
     larger product; a one-row product gives the same bits on one thread and split across two (the three
     9-row cases are large enough to be split: they stream the weights on both cores); the whole product
     gives the same bits on one thread and on two (the last two cases span several row chunks, an odd count)."""
-    lib = cpu_kernel.load_level(level)
+    lib = cpu_kernel.load_level(level, emulated)
     reference = cpu_kernel.load_level("portable")
     g = torch.Generator().manual_seed(5)
     for rows, k, n, mode in [(13, 512, 300, 3), (70, 130, 77, 1), (4, 64, 200, 0), (100, 96, 64, 2),
@@ -205,12 +238,12 @@ def test_compiled_matmuls_of_every_level_match_and_rows_are_independent(level, r
 
 
 @kernels
-@pytest.mark.parametrize("level", RUNNABLE)
+@pytest.mark.parametrize("level, emulated", LEVEL_PARAMS)
 @pytest.mark.parametrize("mode", [0, 4])  # float32 store, bfloat16 store
-def test_head_wise_matmuls_in_one_job_equal_one_matmul_per_head(level, mode, restore_dispatch):
+def test_head_wise_matmuls_in_one_job_equal_one_matmul_per_head(level, emulated, mode, restore_dispatch):
     """tirex_gemm_heads (all heads' items in one thread-pool job) gives each head's tirex_gemm bits, for
     any row count and thread count, and matches torch's batched product."""
-    lib = cpu_kernel.load_level(level)
+    lib = cpu_kernel.load_level(level, emulated)
     g = torch.Generator().manual_seed(11 + mode)
     heads, k, n = 4, 128, 512
     weight = torch.randn(heads, k, n, generator=g)
@@ -235,14 +268,14 @@ def test_head_wise_matmuls_in_one_job_equal_one_matmul_per_head(level, mode, res
 
 # -- the parity fixture on every level -------------------------------------------------------------------
 @kernels
-@pytest.mark.parametrize("level", RUNNABLE)
-def test_parity_fixture_on_every_level(level, fixture_dir, restore_dispatch):
+@pytest.mark.parametrize("level, emulated", LEVEL_PARAMS)
+def test_parity_fixture_on_every_level(level, emulated, fixture_dir, restore_dispatch):
     from test_parity import CASES, _denominators
 
     cases = torch.load(fixture_dir / "cases.pt", weights_only=True)["cases"]
     model = load_model(fixture_dir / "official" / "model.ckpt")
-    cpu_kernel.select(level, "compiled")
-    assert model.backend_info()["cpu"]["level"] == level
+    cpu_kernel.select(level, "compiled", emulated)
+    assert model.backend_info()["cpu"]["level"] == level and model.backend_info()["cpu"]["emulated"] == emulated
     for name in CASES:
         case = cases[name]
         kwargs = dict(case["kwargs"])
@@ -262,10 +295,10 @@ def _batch_runs(model, series):
 
 
 @kernels
-@pytest.mark.parametrize("level", RUNNABLE)
-def test_compiled_paths_are_batch_independent_bit_for_bit(level, restore_dispatch):
+@pytest.mark.parametrize("level, emulated", LEVEL_PARAMS)
+def test_compiled_paths_are_batch_independent_bit_for_bit(level, emulated, restore_dispatch):
     model = _model()
-    cpu_kernel.select(level, "compiled")
+    cpu_kernel.select(level, "compiled", emulated)
     info = model.backend_info()["cpu"]
     a, b, c = _batch_runs(model, _series())
     if info["batch_independent_bitwise"]:

@@ -13,7 +13,7 @@ from tirex.forecast import plan_batches
 from tirex.model import empty_prefix_length
 from tirex.scaling import fit_scale, patch_tokens, window
 
-from test_cpu_dispatch import RUNNABLE
+from test_cpu_dispatch import LEVEL_PARAMS
 from test_cpu_dispatch import _model as _dispatch_model
 
 
@@ -68,11 +68,12 @@ def test_empty_prefix_length():
     assert empty_prefix_length(t) == 0
 
 
-@pytest.mark.parametrize("level", RUNNABLE)
+@pytest.mark.parametrize("level, emulated", LEVEL_PARAMS)
 @pytest.mark.parametrize("num_patches", [1, 3])
-def test_starting_after_the_shared_empty_tokens_equals_the_full_forward(level, num_patches, restore_dispatch):
+def test_starting_after_the_shared_empty_tokens_equals_the_full_forward(level, emulated, num_patches,
+                                                                        restore_dispatch):
     model = _model()
-    cpu_kernel.select(level, "compiled")
+    cpu_kernel.select(level, "compiled", emulated)
     for ctx in _contexts():
         _assert_matches(model, model.predict_patches(ctx, num_patches), full_forward(model, ctx, num_patches))
     # the prefix states of the lengths met were computed and kept (the path above really skipped tokens)

@@ -76,7 +76,9 @@ def backend_info(model=None) -> dict:
             "flags": cpu_kernel.isa_flags(flags),
             "levels_this_cpu_runs": cpu_kernel.runnable_levels(),
             "level": dispatch.level,
-            "recurrence": f"compiled kernel ({dispatch.level})" if dispatch.level else "torch loop",
+            "emulated": dispatch.emulated,
+            "recurrence": (f"compiled kernel ({dispatch.level}{', emulated' if dispatch.emulated else ''})"
+                           if dispatch.level else "torch loop"),
             "matmuls": dispatch.matmuls,
             "batch_independent_bitwise": dispatch.matmuls == "compiled",
             "why": list(dispatch.why),

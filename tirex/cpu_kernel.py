@@ -25,6 +25,12 @@ before the first use, or ``select("avx2")`` at run time (forecasts started after
 ``TIREX_CPU_GEMM=0`` (or ``select(matmuls="torch")``) leaves the weight matmuls to torch.
 ``TIREX_CPU_KERNEL=0`` disables the kernels (the torch loop runs the recurrence).
 
+Emulation (tests): ``select("avx512", emulate=True)`` runs the 512-bit kernels on a CPU that has AVX2 + FMA
+but not AVX-512, their intrinsics implemented by the SIMDe headers (Debian/Ubuntu ``libsimde-dev``, or any
+directory in ``CPATH``) as pairs of native 256-bit instructions, so every lane computes what the AVX-512
+hardware computes, FMA included: the tests cross-check the AVX-512 code bit for bit on AVX2 machines.
+``emulatable_levels()`` lists what this machine can emulate.
+
 Each build takes 1-4 s on first use and is cached under ``$TIREX_CACHE_DIR`` (default
 ``~/.cache/tirex/kernels``), keyed by the source, the compiler and the flags.
 """
@@ -69,6 +75,7 @@ _lock = threading.Lock()  # building and loading libraries
 _select_lock = threading.Lock()  # deciding the dispatch
 _libraries: dict[str, ctypes.CDLL] = {}
 _errors: dict[str, str] = {}
+_simde_error: str | None = None  # "" once the SIMDe headers were found (emulated levels)
 
 
 def cache_dir() -> Path:
@@ -136,25 +143,29 @@ def _compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
 
 
-def compile_command(level: str, cxx: str, output: Path) -> list[str]:
+def compile_command(level: str, cxx: str, output: Path, emulate: bool = False) -> list[str]:
     spec = LEVELS[level]
-    return [cxx, *COMMON_FLAGS, *spec.flags, f"-DTIREX_LEVEL={spec.number}", str(SOURCE), "-o", str(output)]
+    flags = [*_AVX2, "-DTIREX_EMULATE"] if emulate else list(spec.flags)  # emulated: 512-bit ops as 256-bit pairs
+    return [cxx, *COMMON_FLAGS, *flags, f"-DTIREX_LEVEL={spec.number}", str(SOURCE), "-o", str(output)]
 
 
-def build(level: str, cxx: str | None = None) -> Path:
-    """Compile ``level`` (whether or not this CPU can run it) into the cache; return the library's path."""
+def build(level: str, cxx: str | None = None, emulate: bool = False) -> Path:
+    """Compile ``level`` (whether or not this CPU can run it; ``emulate``: with SIMDe for an AVX2 CPU) into
+    the cache; return the library's path."""
     cxx = cxx or _compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (install g++ or set CXX)")
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join(compile_command(level, cxx, Path("x"))).encode()).hexdigest()[:16]
-    target = cache_dir() / f"slstm_cpu_{level}_{key}.so"
+    command = compile_command(level, cxx, Path("x"), emulate)
+    key = hashlib.sha256(source + " ".join(command).encode()).hexdigest()[:16]
+    target = cache_dir() / f"slstm_cpu_{level}{'_emulated' if emulate else ''}_{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         tmp_lib = Path(tmp) / target.name
-        proc = subprocess.run(compile_command(level, cxx, tmp_lib), capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(compile_command(level, cxx, tmp_lib, emulate), capture_output=True, text=True,
+                              timeout=600)
         if proc.returncode != 0:
             raise RuntimeError(f"{cxx} failed for level {level}: {proc.stderr.strip()[-2000:]}")
         os.replace(tmp_lib, target)  # atomic: concurrent builders never see a half-written library
@@ -187,36 +198,74 @@ def _disabled() -> bool:
     return os.environ.get("TIREX_CPU_KERNEL", "1").strip().lower() in OFF
 
 
-def load_level(level: str) -> ctypes.CDLL | None:
-    """The library of ``level``, building it on first use; None (``level_error(level)`` says why) if this
-    CPU cannot run it or it cannot be built."""
+def _emulation_error(level: str) -> str | None:
+    """Why ``level`` cannot be emulated here (None: it can)."""
+    if level in runnable_levels():
+        return f"this CPU runs level {level!r} natively: nothing to emulate"
+    if LEVELS[level].number < 2 or not is_x86() or "avx2" not in runnable_levels():
+        return "only the AVX-512 level can be emulated, and only on an x86 CPU that runs the avx2 level"
+    global _simde_error
+    if _simde_error is None:
+        cxx = _compiler()
+        if cxx is None:
+            _simde_error = "no C++ compiler found (install g++ or set CXX)"
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                probe = Path(tmp) / "probe.cpp"
+                probe.write_text("#include <simde/x86/avx512.h>\nint main() { return 0; }\n")
+                try:
+                    proc = subprocess.run([cxx, "-fsyntax-only", *_AVX2, str(probe)], capture_output=True, text=True,
+                                          timeout=120)
+                    found = proc.returncode == 0
+                except (OSError, subprocess.SubprocessError):
+                    found = False
+            _simde_error = "" if found else ("the SIMDe headers (simde/x86/avx512.h) are not installed: "
+                                             "apt install libsimde-dev, or put them on CPATH")
+    return _simde_error or None
+
+
+def emulatable_levels() -> list[str]:
+    """The levels this CPU cannot run that it can run emulated (``select(level, emulate=True)``, tests)."""
+    return [name for name in LEVELS if _emulation_error(name) is None]
+
+
+def _key(level: str, emulate: bool) -> str:
+    return f"{level} (emulated)" if emulate else level
+
+
+def load_level(level: str, emulate: bool = False) -> ctypes.CDLL | None:
+    """The library of ``level``, building it on first use; None (``level_error(level, emulate)`` says why) if
+    this CPU cannot run it (``emulate``: cannot emulate it) or it cannot be built."""
     if level not in LEVELS:
         raise ValueError(f"unknown CPU kernel level {level!r}; choose one of {list(LEVELS)}")
-    if level in _libraries or level in _errors:
-        return _libraries.get(level)
+    name = _key(level, emulate)
+    if name in _libraries or name in _errors:
+        return _libraries.get(name)
     with _lock:
-        if level in _libraries or level in _errors:
-            return _libraries.get(level)
-        if level not in runnable_levels():
-            _errors[level] = f"this CPU cannot run level {level!r} (it needs {', '.join(LEVELS[level].needs)})"
+        if name in _libraries or name in _errors:
+            return _libraries.get(name)
+        if emulate and _emulation_error(level):
+            _errors[name] = f"level {level!r} cannot be emulated here: {_emulation_error(level)}"
+        elif not emulate and level not in runnable_levels():
+            _errors[name] = f"this CPU cannot run level {level!r} (it needs {', '.join(LEVELS[level].needs)})"
         elif not SOURCE.is_file():
-            _errors[level] = f"kernel source {SOURCE} is missing from this installation"
+            _errors[name] = f"kernel source {SOURCE} is missing from this installation"
         elif _compiler() is None:
-            _errors[level] = "no C++ compiler found (install g++ or set CXX)"
+            _errors[name] = "no C++ compiler found (install g++ or set CXX)"
         else:
             try:
-                lib = ctypes.CDLL(str(build(level)))
+                lib = ctypes.CDLL(str(build(level, emulate=emulate)))
                 _declare(lib)
                 if lib.tirex_level() != LEVELS[level].number:
-                    raise RuntimeError(f"library of level {level} reports level {lib.tirex_level()}")
-                _libraries[level] = lib
+                    raise RuntimeError(f"library of level {name} reports level {lib.tirex_level()}")
+                _libraries[name] = lib
             except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as exc:
-                _errors[level] = str(exc)
-    return _libraries.get(level)
+                _errors[name] = str(exc)
+    return _libraries.get(name)
 
 
-def level_error(level: str) -> str | None:
-    return _errors.get(level)
+def level_error(level: str, emulate: bool = False) -> str | None:
+    return _errors.get(_key(level, emulate))
 
 
 # -- the active dispatch ----------------------------------------------------------------------------------
@@ -228,12 +277,13 @@ class Dispatch:
     library: ctypes.CDLL | None = field(repr=False, compare=False)
     matmuls: str  # "compiled" or "torch"
     why: tuple[str, ...]  # one line per decision
+    emulated: bool = False  # the level's intrinsics emulated on a lower one (tests: select(level, emulate=True))
 
 
 _active: Dispatch | None = None
 
 
-def _resolve(level: str | None, matmuls: str | None) -> Dispatch:
+def _resolve(level: str | None, matmuls: str | None, emulate: bool = False) -> Dispatch:
     why = []
     best = best_level()
     if _disabled():
@@ -247,9 +297,11 @@ def _resolve(level: str | None, matmuls: str | None) -> Dispatch:
     why.append(f"CPU {cpu_model()!r} reports {' '.join(flags) or 'no vector extensions we use'}: best level {best}")
     if forced:
         why.append(f"level {forced} forced ({'select()' if level else 'TIREX_CPU_ISA'})")
-    library = load_level(chosen)
+    if emulate:
+        why.append(f"level {chosen} emulated with SIMDe on AVX2 + FMA (tests: the {chosen} code on this CPU)")
+    library = load_level(chosen, emulate)
     if library is None:
-        why.append(f"level {chosen} unavailable: {level_error(chosen)}")
+        why.append(f"level {chosen} unavailable: {level_error(chosen, emulate)}")
         if chosen != "portable" and not forced:
             chosen = "portable"
             library = load_level(chosen)
@@ -268,7 +320,7 @@ def _resolve(level: str | None, matmuls: str | None) -> Dispatch:
         why.append("weight matmuls: torch (no FMA instruction at this level: the compiled ones would emulate it)")
     else:
         why.append(f"weight matmuls: compiled ({chosen}): every output one FMA chain, independent of the batch")
-    return Dispatch(chosen, library, wanted, tuple(why))
+    return Dispatch(chosen, library, wanted, tuple(why), emulate)
 
 
 def active() -> Dispatch:
@@ -281,18 +333,21 @@ def active() -> Dispatch:
     return _active
 
 
-def select(level: str | None = None, matmuls: str | None = None) -> Dispatch:
+def select(level: str | None = None, matmuls: str | None = None, emulate: bool = False) -> Dispatch:
     """Switch the CPU kernel level ("portable", "avx2", "avx512"; None = ``TIREX_CPU_ISA``
     or the best this CPU runs) and who does the weight matmuls ("compiled", "torch"; None =
     ``TIREX_CPU_GEMM`` or compiled). Forecasts started afterwards use it; one already running keeps the
-    kernels it started with. Raises ``RuntimeError`` if the level cannot run here. Returns the new dispatch."""
+    kernels it started with. ``emulate=True`` runs a level this CPU cannot run through SIMDe (tests; see the
+    module docstring). Raises ``RuntimeError`` if the level cannot run here. Returns the new dispatch."""
     global _active
     if level is not None and level not in LEVELS:
         raise ValueError(f"unknown CPU kernel level {level!r}; choose one of {list(LEVELS)}")
+    if emulate and level is None:
+        raise ValueError("emulate=True needs the level to emulate, e.g. select('avx512', emulate=True)")
     with _select_lock:
-        dispatch = _resolve(level, matmuls)
+        dispatch = _resolve(level, matmuls, emulate)
         if level is not None and dispatch.level != level:
-            reason = level_error(level) or "; ".join(dispatch.why)
+            reason = level_error(level, emulate) or "; ".join(dispatch.why)
             raise RuntimeError(f"CPU kernel level {level!r} unavailable: {reason}")
         _active = dispatch
     return dispatch

@@ -156,7 +156,7 @@ class TiRexModel(nn.Module):
         dispatch = inference.dispatch()
         settings = tuple((b.slstm.backend, b.slstm.matmul_dtype, b.slstm.recurrence_dtype) for b in self.blocks)
         first = next(self.parameters())  # moving or casting a parameter gives it new memory (data_ptr)
-        return (dispatch.level, dispatch.matmuls, settings, first.device, first.dtype,
+        return (dispatch.level, dispatch.emulated, dispatch.matmuls, settings, first.device, first.dtype,
                 tuple((p._version, p.data_ptr()) for p in self.parameters()))
 
     @torch.no_grad()

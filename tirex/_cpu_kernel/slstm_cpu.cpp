@@ -48,7 +48,13 @@
 #endif
 #include <immintrin.h>
 #endif
-#if TIREX_LEVEL >= 2 && !(defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__))
+#if defined(TIREX_EMULATE) && TIREX_LEVEL >= 2
+// Tests only (tirex.cpu_kernel.select(level, emulate=True)): the 512-bit code on a CPU without AVX-512, its
+// intrinsics implemented by SIMDe (https://github.com/simd-everywhere/simde) as pairs of native 256-bit ones
+// (built with -mavx2 -mfma, so every FMA is still one rounding and every lane gives the hardware's bits).
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/x86/avx512.h>
+#elif TIREX_LEVEL >= 2 && !(defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__))
 #error "TIREX_LEVEL >= 2 needs -mavx512f -mavx512bw -mavx512dq -mavx512vl"
 #endif
 
