@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,6 +144,73 @@ def test_portable_level_compiles_for_arm(cross, tmp_path):
     if proc.returncode != 0 and "fatal error" in proc.stderr and ".h" in proc.stderr:
         pytest.skip("no ARM C++ headers for this cross compiler")
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# -- the portable level built for 64-bit ARM gives this machine's bits (under qemu-user) -----------------
+HARNESS = Path(__file__).with_name("kernel_harness.cpp")
+ARM_CALLS = [  # (function, integer arguments as tests/kernel_harness.cpp reads them)
+    ("gemm", (13, 300, 512, 0, 2, 1)), ("gemm", (70, 130, 77, 1, 1, 1)), ("gemm", (9, 512, 1408, 3, 2, 0)),
+    ("gemm", (100, 96, 64, 2, 1, 1)), ("gemm", (9, 64, 200, 4, 1, 1)), ("gemm", (450, 72, 200, 3, 2, 0)),
+    ("slstm", (2, 5, 7, 16, 1, 1, 1, 2)),   # fresh, bfloat16-emulating, group norm + residual, two threads
+    ("slstm", (3, 9, 6, 64, 0, 0, 0, 1)),   # continued from a state, float32 (the 4 x 64 register blocks elsewhere)
+    ("slstm", (1, 2, 5, 40, 0, 1, 1, 1)),
+    ("rms_norm", (10, 64, 2, 0)), ("rms_norm", (33, 96, 1, 1)), ("silu_mul", (7, 100)),
+]
+
+
+def _harness_input(fn, args, rng):
+    """The arrays the harness reads for one call, as bytes (values kept in ranges that give finite results)."""
+    normal = lambda *n: rng.normal(size=int(np.prod(n))).astype(np.float32)  # noqa: E731
+    if fn == "gemm":
+        m, n, k, mode, _, has_bias = args
+        parts = [normal(m, k), normal(k, n), *([normal(k, n)] if mode == 3 else []), *([normal(n)] if has_bias else []),
+                 normal(m, n)]
+    elif fn == "slstm":
+        h, b, t, d, _, _, norm, _ = args
+        state = np.stack([normal(h, b, d), normal(h, b, d), np.abs(normal(h, b, d)) + 0.5, normal(h, b, d)])
+        parts = [normal(h, b, t, 4 * d) * 1.5, normal(h, d, 4 * d) * (0.5 / d**0.5), normal(h, 4 * d), state.ravel(),
+                 *([normal(h, d), normal(b, t, h, d)] if norm else [])]
+    elif fn == "rms_norm":
+        rows, dim, _, _ = args
+        parts = [normal(rows, dim) * 3, normal(dim)]
+    else:
+        rows, hidden = args
+        parts = [normal(rows, hidden) * 4, normal(rows, hidden)]
+    return b"".join(part.astype(np.float32).tobytes() for part in parts)
+
+
+def _build_harness(cxx, output, extra=()):
+    flags = [f for f in cpu_kernel.COMMON_FLAGS if f not in ("-shared", "-fPIC")]
+    proc = subprocess.run([cxx, *flags, *extra, "-DTIREX_LEVEL=0", "-include", str(cpu_kernel.SOURCE), str(HARNESS),
+                           "-o", str(output)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return output
+
+
+def test_portable_level_on_arm_gives_the_same_bits(tmp_path):
+    """The portable level compiled for 64-bit ARM (the code ARM servers and Apple silicon run) and run under
+    qemu-user gives, call for call, the bits the portable level gives on this machine, which every level here
+    gives too (tests above): weight matmuls of every epilogue and thread count, the recurrence (bfloat16 and
+    float32, fresh and continued, with the fused group norm), RMSNorm, SwiGLU. Needs g++-aarch64-linux-gnu and
+    qemu-user (``.ci/run`` installs them when it can)."""
+    cxx, qemu = shutil.which("aarch64-linux-gnu-g++"), shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
+    if cxx is None or qemu is None or cpu_kernel._compiler() is None:
+        pytest.skip("needs aarch64-linux-gnu-g++ and qemu-aarch64 (apt install g++-aarch64-linux-gnu qemu-user)")
+    arm = _build_harness(cxx, tmp_path / "harness_arm", ["-static"])
+    here = _build_harness(cpu_kernel._compiler(), tmp_path / "harness_here")
+    rng = np.random.default_rng(7)
+    for fn, args in ARM_CALLS:
+        data = _harness_input(fn, args, rng)
+        outputs = []
+        for command in ([qemu, str(arm)], [str(here)]):
+            proc = subprocess.run([*command, fn, *map(str, args)], input=data, capture_output=True, timeout=300)
+            assert proc.returncode == 0, (fn, args, proc.stderr[-2000:])
+            outputs.append(proc.stdout)
+        arm_out, here_out = outputs
+        dtype = np.uint16 if (fn == "gemm" and args[3] == 4) or (fn == "rms_norm" and args[3]) else np.float32
+        values = np.frombuffer(here_out, dtype=dtype)
+        assert values.size > 0 and (dtype == np.uint16 or np.isfinite(values).all()), (fn, args)
+        assert arm_out == here_out, (fn, args, np.flatnonzero(np.frombuffer(arm_out, dtype=dtype) != values)[:10])
 
 
 # -- the levels this CPU runs agree with each other, bit for bit -----------------------------------------
