@@ -56,13 +56,15 @@ def load_average() -> list[float]:
 
 
 class ServerProcess:
-    def __init__(self, extra: list[str], threads: int, model: str | None):
+    def __init__(self, extra: list[str], threads: int, model: str | None, device: str | None = None):
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         cmd = [sys.executable, "-m", "tirex", "serve", "--host", HOST, "--port", str(self.port),
                "--threads", str(threads), "--log-level", "warning", *extra]
         if model:
             cmd += ["--model", model]
+        if device:
+            cmd += ["--device", device]
         self.proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -172,7 +174,7 @@ async def drive(url: str, bodies: list[bytes], seconds: float, max_requests: int
 
 def run_mode(name: str, extra: list[str], args, bodies: list[bytes]) -> dict:
     print(f"[{name}] starting the server ...", flush=True)
-    server = ServerProcess(extra, args.threads, args.model)
+    server = ServerProcess(extra, args.threads, args.model, args.device)
     try:
         asyncio.run(drive(server.url, bodies, args.warmup, args.max_requests, args.client))  # warm-up, not counted
         before = server.metrics()
@@ -220,6 +222,7 @@ def main() -> int:
     parser.add_argument("--horizon", type=int, default=24)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server (default 1)")
     parser.add_argument("--model", default=None, help="model source (default: the bundled model)")
+    parser.add_argument("--device", default=None, help="the server's torch device, e.g. cuda (default cpu)")
     parser.add_argument("--batch-window-ms", type=float, default=5.0)
     parser.add_argument("--client", choices=("raw", "httpx"), default="raw",
                         help="raw: asyncio keep-alive connections (default; the client costs almost no CPU); "
@@ -241,6 +244,10 @@ def main() -> int:
                                   "prediction_length": args.horizon}).encode())
 
     cpu = cpu_info()
+    if args.device and args.device.startswith("cuda"):
+        import torch
+
+        cpu["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
     print(f"CPU: {cpu['model']} ({cpu['cores']} cores; {', '.join(cpu.get('isa', []))}); "
           f"load before: {load_average()}", flush=True)
     batched = run_mode("batching", ["--batch-window-ms", str(args.batch_window_ms)], args, bodies)

@@ -182,3 +182,21 @@ def test_threads_filling_the_cache_at_once_get_the_sequential_results():
     assert not errors, errors
     for q, expected in zip(results, sequential):
         _assert_matches(model, q, expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("num_patches", [1, 3])
+def test_the_shared_empty_start_on_cuda_matches_the_full_forward(num_patches):
+    """On a GPU the forward after the shared empty tokens runs the CUDA kernels from the cached states (the
+    path a stream continues on): the same values as the full forward there and as on CPU, up to float32
+    rounding (the CUDA kernels' sums run in another order)."""
+    cpu_model = _model()
+    model = _model().cuda()
+    assert model.backend_info()["backend"] in (["auto"], ["cuda"])
+    for ctx in _contexts():
+        fast = model.predict_patches(ctx.cuda(), num_patches).cpu()
+        full = full_forward(model, ctx.cuda(), num_patches).cpu()
+        torch.testing.assert_close(fast, full, rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(fast, cpu_model.predict_patches(ctx, num_patches), rtol=1e-3, atol=1e-3)
+    assert any(length > 0 for length in model._prefix_cache[1])  # the path above did skip tokens
