@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
-from .inputs import pad_batch, power_of_two_scale
+from .inputs import as_numpy, pad_batch, power_of_two_scale
 from .quantiles import interpolate_quantiles
 from .validation import (
     check_max_masked_fraction,
@@ -60,8 +60,9 @@ def _is_gluonts_dataset(obj) -> bool:
 
 def sign_bounds(series: torch.Tensor) -> tuple[float, float]:
     """(lower, upper) bounds that keep forecasts on the side of 0 where the observed history lies."""
-    observed = series[~torch.isnan(series)]
-    if observed.numel() == 0:
+    values = as_numpy(series)
+    observed = values[~np.isnan(values)]
+    if observed.size == 0:
         return -math.inf, math.inf
     return (0.0 if bool((observed >= 0).all()) else -math.inf), (0.0 if bool((observed <= 0).all()) else math.inf)
 
@@ -119,8 +120,9 @@ def plan_batches(series: list[torch.Tensor], context_length: int, patch_size: in
     n = len(series)
     tokens = []
     for s in series:
-        observed = ~torch.isnan(s[-context_length:])
-        span = int(observed.numel() - observed.int().argmax()) if bool(observed.any()) else 0
+        observed = ~np.isnan(as_numpy(s[-context_length:]))
+        first = int(observed.argmax()) if observed.size else 0  # the first observed value (0 where none is)
+        span = observed.size - first if observed.size and observed[first] else 0
         tokens.append(math.ceil(span / patch_size))
     order = sorted(range(n), key=lambda i: -tokens[i])
     fixed = 4 * context_length // patch_size
