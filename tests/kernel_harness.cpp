@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
     std::vector<float> y(B * T * H * D);
     const int status = tirex_slstm_forward(wx.data(), 0, R.data(), nullptr, bias.data(), state.data(), y.data(),
                                            norm ? norm_w.data() : nullptr, norm ? residual.data() : nullptr, 1e-5f,
-                                           H, B, T, D, fresh, bf16, threads);
+                                           H, B, T, D, fresh, bf16, threads, nullptr, 0);
     write(y);
     write(state);
     return status;

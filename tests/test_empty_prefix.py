@@ -82,13 +82,57 @@ def test_starting_after_the_shared_empty_tokens_equals_the_full_forward(level, e
 
 def test_the_forward_skips_the_shared_empty_tokens():
     model = _model()
-    steps = []
-    model.blocks[0].register_forward_hook(lambda module, args, out: steps.append(args[0].shape[1]))
+    calls = []  # (rows, tokens) of each forward through the first block
+    model.blocks[0].register_forward_hook(lambda module, args, out: calls.append(tuple(args[0].shape[:2])))
     ctx = torch.tensor(np.random.default_rng(0).normal(size=(3, 70)), dtype=torch.float32)  # 3 of 8 tokens hold data
     model.predict_patches(ctx)
-    assert steps[-1] == 3
-    model.predict_patches(ctx, 2)  # one more (empty) token appended for the second patch
-    assert steps[-1] == 4
+    # a new empty-start length at a small batch: one forward over the window, its states after the 5 empty
+    # tokens kept from that same forward (no forward of their own)
+    assert calls == [(3, 8)] and 5 in model._prefix_cache[1]
+    model.predict_patches(ctx)
+    assert calls[-1] == (3, 3)
+    model.predict_patches(ctx, 2)  # one more (empty) token appended for the second patch, the same 5 lead
+    assert calls[-1] == (3, 4)
+    ctx2 = ctx[:, 30:]  # 40 values: 2 tokens hold data, 6 empty ones lead, a new length
+    model.predict_patches(ctx2)
+    assert calls[-1] == (3, 8) and 6 in model._prefix_cache[1]
+    model.predict_patches(ctx2)
+    assert calls[-1] == (3, 2)
+
+
+def test_a_large_batch_computes_a_new_empty_start_on_its_own():
+    """Where running the empty tokens for every row costs more than a forward of its own, the states of a new
+    length come from a batch-1 forward of the empty tokens (continued from the longest known shorter one)."""
+    model = _model()  # 8 tokens: a forward's fixed cost is 4 windows, 32 token rows
+    calls = []
+    model.blocks[0].register_forward_hook(lambda module, args, out: calls.append(tuple(args[0].shape[:2])))
+    ctx = torch.tensor(np.random.default_rng(1).normal(size=(40, 64)), dtype=torch.float32)  # 6 empty tokens
+    out = model.predict_patches(ctx)
+    assert calls == [(1, 6), (40, 2)]  # 39 x 6 extra rows > 6 + 32
+    assert torch.equal(out, full_forward(model, ctx))
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_states_kept_from_a_forward_equal_those_of_a_forward_of_their_own(backend):
+    model = _model()
+    model.set_backend(backend)  # torch: the recurrence in two calls (before and after the snapshot)
+    tokens = torch.zeros(2, 8, 64)
+    tokens[:, 5:] = torch.randn(2, 3, 64)
+    out, snapshot = model(tokens, last_tokens=1, snapshot_at=5)
+    torch.testing.assert_close(out, model(tokens, last_tokens=1), rtol=0, atol=0)
+    _, own = model(tokens[:1, :5], return_states=True, last_tokens=1)
+    for kept, alone in zip(snapshot, own):
+        for a, b in zip(kept, alone):
+            assert torch.equal(a[:, :1], b)
+    out, final, snapshot = model(tokens, return_states=True, snapshot_at=8)  # after the last token: the final states
+    for kept, last in zip(snapshot, final):
+        for a, b in zip(kept, last):
+            assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="return_hidden"):
+        model(tokens, snapshot_at=5, return_hidden=True)
+    with pytest.raises(ValueError, match="snapshot_at must be in"):
+        model.set_backend("torch")
+        model(tokens, snapshot_at=9)
 
 
 def test_the_states_follow_the_weights_and_numerics():

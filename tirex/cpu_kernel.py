@@ -175,7 +175,7 @@ def build(level: str, cxx: str | None = None, emulate: bool = False) -> Path:
 def _declare(lib: ctypes.CDLL) -> None:
     ptr, i32, i64, f32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_float
     lib.tirex_slstm_forward.restype = i32
-    lib.tirex_slstm_forward.argtypes = [ptr, i32] + [ptr] * 7 + [f32] + [i32] * 7
+    lib.tirex_slstm_forward.argtypes = [ptr, i32] + [ptr] * 7 + [f32] + [i32] * 7 + [ptr, i32]
     for name in ("tirex_level", "tirex_native_fma", "tirex_has_bf16_dot", "tirex_uses_bf16_pairs",
                  "tirex_bf16_pairs_block", "tirex_has_gemm"):
         getattr(lib, name).restype = i32

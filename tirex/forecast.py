@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .inputs import as_numpy, pad_batch, power_of_two_scale
+from .model import FIXED_COST_WINDOWS
 from .quantiles import interpolate_quantiles
 from .validation import (
     check_max_masked_fraction,
@@ -125,7 +126,7 @@ def plan_batches(series: list[torch.Tensor], context_length: int, patch_size: in
         span = observed.size - first if observed.size and observed[first] else 0
         tokens.append(math.ceil(span / patch_size))
     order = sorted(range(n), key=lambda i: -tokens[i])
-    fixed = 4 * context_length // patch_size
+    fixed = FIXED_COST_WINDOWS * context_length // patch_size
     bounds, start = [], 0
     for j in range(1, n):
         saving = (tokens[order[start]] - tokens[order[j]]) * min(n - j, batch_size)

@@ -17,6 +17,13 @@ from .slstm import SLSTMBlock, SLSTMState
 
 
 STACKED_ROWS = 128  # rollout passes are stacked along the batch up to this many series per forward
+FIXED_COST_WINDOWS = 4  # a forward's fixed cost (weights read, per-call overhead), in full windows of token rows
+
+
+def forward_fixed_rows(config: ModelConfig) -> int:
+    """A forward's fixed cost in token rows (``FIXED_COST_WINDOWS`` full windows): what a batch plan or the
+    shared empty start weighs an extra forward against."""
+    return FIXED_COST_WINDOWS * config.num_tokens
 
 
 def empty_prefix_length(tokens: torch.Tensor) -> int:
@@ -58,6 +65,7 @@ class TiRexModel(nn.Module):
         return_states: bool = False,
         last_tokens: int | None = None,
         return_hidden: bool = False,
+        snapshot_at: int | None = None,
     ):
         """Scaled quantiles of the patch after each token.
 
@@ -67,21 +75,28 @@ class TiRexModel(nn.Module):
             last_tokens: apply the quantile head to the last ``last_tokens`` tokens only (None = all).
             return_hidden: return the output of every block instead of quantiles (no head; see
                 ``tirex.embedding``): a list of ``num_blocks`` (batch, tokens, embed) float32 tensors.
+            snapshot_at: also return the per-block states after the first ``snapshot_at`` tokens (the states
+                a forward of those tokens alone ends in), last.
         Returns:
-            (batch, tokens, quantiles, patch_size); with ``return_states`` also the final per-block states.
+            (batch, tokens, quantiles, patch_size); with ``return_states`` also the final per-block states;
+            with ``snapshot_at`` also the states after ``snapshot_at`` tokens.
         """
+        if snapshot_at is not None and return_hidden:
+            raise ValueError("snapshot_at does not combine with return_hidden")
         fast = not torch.is_grad_enabled()  # no-grad: chunked, in-place feed-forward parts (tirex.inference)
         if fast and tokens.device.type == "cpu":
             inference.use_matmul_layout_(self)
         dtype = self.blocks[0].slstm.matmul_dtype if len(self.blocks) else torch.float32
         with inference.workspace() if fast else nullcontext():
             h = inference.residual_block(tokens, self.patch_embedding, dtype) if fast else self.patch_embedding(tokens)
-            new_states, hidden = [], []
+            new_states, hidden, snapshots = [], [], []
             for i, block in enumerate(self.blocks):
                 # the last block's feed-forward only needs the tokens the head will read
                 keep = last_tokens if i == len(self.blocks) - 1 and not return_hidden else None
-                h, state = block(h, None if states is None else states[i], keep_last=keep)
+                h, state, *snapshot = block(h, None if states is None else states[i], keep_last=keep,
+                                            snapshot_at=snapshot_at)
                 new_states.append(state)
+                snapshots.extend(snapshot)
                 if return_hidden:  # a copy: the fast path reuses the residual-stream buffers
                     hidden.append(h.clone())
             if return_hidden:
@@ -93,7 +108,10 @@ class TiRexModel(nn.Module):
             else:
                 out = self.head(self.out_norm(h))
         out = out.view(*out.shape[:2], len(self.config.quantile_levels), self.config.patch_size)
-        return (out, new_states) if return_states else out
+        result = (out, new_states) if return_states else (out,)
+        if snapshot_at is not None:
+            result = (*result, snapshots)
+        return result if len(result) > 1 else out
 
     @torch.no_grad()
     def predict_patches(self, context: torch.Tensor, num_patches: int = 1) -> torch.Tensor:
@@ -112,21 +130,32 @@ class TiRexModel(nn.Module):
         if num_patches > 1:
             empty = tokens.new_zeros(tokens.shape[0], num_patches - 1, tokens.shape[2])
             tokens = torch.cat([tokens, empty], dim=1)
-        tokens, states = self.skip_empty_start(tokens, keep=num_patches)
-        out = self(tokens, states, last_tokens=num_patches)
+        lead = min(empty_prefix_length(tokens), tokens.shape[1] - num_patches)
+        known = self._prefix_known() if lead > 0 else {}
+        batch = tokens.shape[0]
+        if lead > 0 and lead not in known and (batch - 1) * lead <= lead + forward_fixed_rows(cfg):
+            # states of a new empty-start length: from this very forward (the first ``lead`` tokens are the
+            # same in every row) rather than from a forward of their own, where the extra rows cost less
+            out, snapshot = self(tokens, last_tokens=num_patches, snapshot_at=lead)
+            # the key again: a model's first forward moves its weights into the matmul layout (new memory)
+            self._prefix_known()[lead] = [SLSTMState(*(t[:, :1].detach().clone() for t in s)) for s in snapshot]
+        else:
+            tokens, states = self.skip_empty_start(tokens, keep=num_patches, known=known)
+            out = self(tokens, states, last_tokens=num_patches)
         return out * scale.view(-1, 1, 1, 1) + loc.view(-1, 1, 1, 1)
 
-    def skip_empty_start(self, tokens: torch.Tensor, keep: int = 1) -> tuple[torch.Tensor, list[SLSTMState] | None]:
+    def skip_empty_start(self, tokens: torch.Tensor, keep: int = 1, known: dict | None = None,
+                         ) -> tuple[torch.Tensor, list[SLSTMState] | None]:
         """(tokens after the leading ones that are empty in every series, the states after those) for a fresh
         forward: left padding of short series and missing starts take every series through the same states,
         computed once (``empty_prefix_states``). At least the last ``keep`` tokens are kept."""
         lead = min(empty_prefix_length(tokens), tokens.shape[1] - keep)
         if lead <= 0:
             return tokens, None
-        return tokens[:, lead:], self.empty_prefix_states(lead, tokens.shape[0])
+        return tokens[:, lead:], self.empty_prefix_states(lead, tokens.shape[0], known)
 
     @torch.no_grad()
-    def empty_prefix_states(self, length: int, batch: int = 1) -> list[SLSTMState]:
+    def empty_prefix_states(self, length: int, batch: int = 1, known: dict | None = None) -> list[SLSTMState]:
         """Per-block states after ``length`` empty tokens (an all-NaN patch: values 0, mask 0) from a fresh start.
 
         The token input is the same for every series there, so these states are too: a batch of short
@@ -135,20 +164,28 @@ class TiRexModel(nn.Module):
         parameter, the numerics or the kernels change; returned expanded to ``batch`` rows (views). A forward
         from them gives the same bits as a forward over the padding wherever a row's result does not depend
         on the other rows (the compiled CPU kernels: README "Speed"); elsewhere the same values up to float
-        rounding, as between batch compositions.
+        rounding, as between batch compositions. ``predict_patches`` also fills in lengths from its own
+        forwards (``snapshot_at``). ``known``: ``_prefix_known()``'s result, where the caller has it.
         """
+        known = self._prefix_known() if known is None else known
+        if length not in known:
+            start = max(k for k in list(known) if k < length)
+            empty = torch.zeros(1, length - start, 2 * self.config.patch_size, device=next(self.parameters()).device)
+            _, states = self(empty, known[start], return_states=True, last_tokens=1)
+            states = [SLSTMState(*(t.detach().clone() for t in s)) for s in states]
+            self._prefix_known()[length] = states  # the key again (see predict_patches)
+        else:
+            states = known[length]
+        return [SLSTMState(*(t.expand(-1, batch, -1) for t in s)) for s in states]
+
+    def _prefix_known(self) -> dict[int, list[SLSTMState] | None]:
+        """The cached empty-start states by length, for the current weights, numerics and kernels."""
         key = self._prefix_key()
         cache = self.__dict__.get("_prefix_cache")
         if cache is None or cache[0] != key:
             cache = (key, {0: None})
             self.__dict__["_prefix_cache"] = cache  # not an nn.Module attribute: no state dict entry
-        known = cache[1]
-        if length not in known:
-            start = max(k for k in list(known) if k < length)
-            empty = torch.zeros(1, length - start, 2 * self.config.patch_size, device=next(self.parameters()).device)
-            _, states = self(empty, known[start], return_states=True, last_tokens=1)
-            known[length] = [SLSTMState(*(t.detach().clone() for t in s)) for s in states]
-        return [SLSTMState(*(t.expand(-1, batch, -1) for t in s)) for s in known[length]]
+        return cache[1]
 
     def _prefix_key(self) -> tuple:
         """What the empty-prefix states depend on besides the length: every parameter (in-place updates bump

@@ -153,10 +153,12 @@ def pairs_block(lib) -> int | None:
     return int(lib.tirex_bf16_pairs_block())
 
 
-def _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate_bf16, norm_weight=None, residual=None):
+def _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate_bf16, norm_weight=None, residual=None,
+                           snapshot_at=None):
     """The compiled CPU kernel. With ``norm_weight`` it also applies the per-head group norm and adds
     ``residual`` (batch, steps, embed), returning the block's residual stream. (None, None) if the
-    kernel does not handle these sizes."""
+    kernel does not handle these sizes. With ``snapshot_at`` (1 <= snapshot_at <= steps) a third result:
+    the state after the first ``snapshot_at`` steps."""
     heads, batch, steps, four_dh = wx.shape
     dh = four_dh // 4
     wx = wx.detach()
@@ -185,15 +187,19 @@ def _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate_bf16, norm_weight
         norm_weight = norm_weight.detach().float().contiguous()
     if residual is not None:
         residual = residual.detach().float().contiguous()
+    snap = None if snapshot_at is None else torch.empty(4, heads, batch, dh)
     status = lib.tirex_slstm_forward(
         wx.data_ptr(), int(wx.dtype == torch.bfloat16), r.data_ptr(), None if pairs is None else pairs.data_ptr(),
         bias.data_ptr(), states.data_ptr(), out.data_ptr(),
         None if norm_weight is None else norm_weight.data_ptr(), None if residual is None else residual.data_ptr(),
         1e-5, heads, batch, steps, dh, int(state is None), int(emulate_bf16), inference.kernel_threads(),
+        None if snap is None else snap.data_ptr(), snapshot_at or 0,
     )
     if status != 0:
-        return None, None
-    return out, SLSTMState(*states.unbind(0))
+        return (None, None) if snap is None else (None, None, None)
+    if snap is None:
+        return out, SLSTMState(*states.unbind(0))
+    return out, SLSTMState(*states.unbind(0)), SLSTMState(*snap.unbind(0))
 
 
 class SLSTMLayer(nn.Module):
@@ -263,11 +269,14 @@ class SLSTMLayer(nn.Module):
         state: SLSTMState | None = None,
         residual: torch.Tensor | None = None,
         head_major: bool = False,
-    ) -> tuple[torch.Tensor, SLSTMState]:
+        snapshot_at: int | None = None,
+    ):
         """x: (batch, steps, embed) -> (batch, steps, embed) and the final state; plus ``residual`` if given.
 
         With ``head_major`` x is (heads, batch * steps, head_dim) (the fast path's norm writes it so) and
-        ``residual`` (batch, steps, embed) is required: it gives the shape.
+        ``residual`` (batch, steps, embed) is required: it gives the shape. With ``snapshot_at`` (1 ... steps)
+        a third result: the state after the first ``snapshot_at`` steps (the same values as a forward of those
+        steps alone).
         """
         heads, dh = self.num_heads, self.head_dim
         if head_major:
@@ -294,15 +303,28 @@ class SLSTMLayer(nn.Module):
         bias = self.bias.reshape(heads, 4 * dh)
         emulate = self.recurrence_dtype == "bfloat16"
         if resolve(self.backend, wx) == "cpu":  # fused recurrence + group norm + residual
-            out, new_state = _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate, self.norm_weight, residual)
+            out, new_state, *snap = _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate, self.norm_weight,
+                                                           residual, snapshot_at)
             if out is not None:
-                return out.view(batch, steps, heads * dh), new_state
+                return (out.view(batch, steps, heads * dh), new_state, *snap)
         wx = wx.float()
+        snap = []
+        if snapshot_at is not None:  # the first steps, then the rest from their state: the same recurrence
+            if not 1 <= snapshot_at <= steps:
+                raise ValueError(f"snapshot_at must be in 1 ... {steps}, got {snapshot_at}")
+        if snapshot_at is not None and snapshot_at < steps:
+            y_first, state = slstm_recurrence(wx[:, :, :snapshot_at], recurrent, bias, state, emulate, self.backend)
+            snap = [state]
+            wx = wx[:, :, snapshot_at:]
         y, state = slstm_recurrence(wx, recurrent, bias, state, emulate, self.backend)  # y: (batch, steps, heads, dh)
+        if snapshot_at is not None and snapshot_at == steps:
+            snap = [state]
+        elif snap:
+            y = torch.cat([y_first, y], dim=1)
         # per-head group norm over head_dim, then back to (batch, steps, embed)
         y = F.layer_norm(y, (dh,), eps=1e-5) * (1.0 + self.norm_weight.view(heads, dh))
         out = y.reshape(batch, steps, heads * dh)
-        return (out if residual is None else out + residual), state
+        return ((out if residual is None else out + residual), state, *snap)
 
 
 class SLSTMBlock(nn.Module):
@@ -316,21 +338,23 @@ class SLSTMBlock(nn.Module):
         self.ffn = GatedFeedForward(embed_dim, ffn_dim)
 
     def forward(
-        self, h: torch.Tensor, state: SLSTMState | None = None, keep_last: int | None = None
-    ) -> tuple[torch.Tensor, SLSTMState]:
+        self, h: torch.Tensor, state: SLSTMState | None = None, keep_last: int | None = None,
+        snapshot_at: int | None = None,
+    ):
         """h: (batch, steps, embed). With ``keep_last`` only the last ``keep_last`` steps are returned,
-        and the feed-forward runs on those only (it is per token; the recurrence still sees every step)."""
+        and the feed-forward runs on those only (it is per token; the recurrence still sees every step).
+        With ``snapshot_at`` a third result: the sLSTM state after the first ``snapshot_at`` steps."""
         if torch.is_grad_enabled():
-            out, state = self.slstm(self.norm_slstm(h), state)
+            out, state, *snap = self.slstm(self.norm_slstm(h), state, snapshot_at=snapshot_at)
             h = h + out
             if keep_last is not None:
                 h = h[:, -keep_last:]
             h = h + self.ffn(self.norm_ffn(h))
-            return h, state
+            return (h, state, *snap)
         # inference: fused norm, residuals added in place into the fresh sLSTM output, chunked FFN
         x = inference.rms_norm(h.float(), self.norm_slstm, self.slstm.matmul_dtype, self.slstm.num_heads, "norm")
-        h, state = self.slstm(x, state, residual=h, head_major=True)
+        h, state, *snap = self.slstm(x, state, residual=h, head_major=True, snapshot_at=snapshot_at)
         if keep_last is not None:
             h = h[:, -keep_last:].contiguous()
         inference.ffn_residual_(h, self.norm_ffn, self.ffn, self.slstm.matmul_dtype)
-        return h, state
+        return (h, state, *snap)

@@ -264,6 +264,8 @@ struct Problem {
   float eps;
   int H, B, T, D;
   bool fresh;         // state is zero and the first step initialises the stabiliser m with i~
+  float* snap;        // (4, H, B, D) or null: the state after the first snap_t steps, in the layout of state
+  int snap_t;
 };
 
 // sum of x[j] - shift (squared when SQUARE) in a fixed order: 16 interleaved partial sums, a fixed tree,
@@ -386,6 +388,12 @@ void run_item(const Problem& p, int h, int b0, int b1) {
         const size_t off = ((static_cast<size_t>(b) * p.T + t) * p.H + h) * D;
         group_norm_row(yb, p.norm_w + static_cast<size_t>(h) * D, p.residual ? p.residual + off : nullptr, out, D,
                        p.eps);
+      }
+    }
+    if (p.snap && t + 1 == p.snap_t) {
+      for (int s = 0; s < 4; ++s) {
+        const float* src = s == 0 ? y.data() : s == 1 ? c.data() : s == 2 ? n.data() : m.data();
+        std::memcpy(p.snap + s * HBD + (static_cast<size_t>(h) * p.B + b0) * D, src, sizeof(float) * nb * D);
       }
     }
   }
@@ -1163,15 +1171,17 @@ int tirex_bf16_pairs_block() {
 }
 
 // With norm_w non-null the output is residual + group_norm(y) * (1 + norm_w) (residual may be null).
-// wx is float32, or bfloat16 bits when wx_is_bf16 is set.
+// wx is float32, or bfloat16 bits when wx_is_bf16 is set. With snap non-null the state after the first
+// snap_t steps (1 <= snap_t <= T) is also written there, in the layout of state.
 // R_pairs: optional bfloat16 repacking of R (layout: tirex_bf16_pairs_block), used when bf16 is set.
 int tirex_slstm_forward(const void* wx, int wx_is_bf16, const float* R, const uint16_t* R_pairs, const float* bias,
                         float* state, float* out, const float* norm_w, const float* residual, float eps, int H, int B,
-                        int T, int D, int fresh, int bf16, int num_threads) {
+                        int T, int D, int fresh, int bf16, int num_threads, float* snap, int snap_t) {
   if (D % 8 != 0 || H <= 0 || B <= 0 || T <= 0) return 1;
+  if (snap && (snap_t < 1 || snap_t > T)) return 1;
   Problem p{wx_is_bf16 ? nullptr : static_cast<const float*>(wx),
             wx_is_bf16 ? static_cast<const uint16_t*>(wx) : nullptr,
-            R, R_pairs, bias, state, out, norm_w, residual, eps, H, B, T, D, fresh != 0};
+            R, R_pairs, bias, state, out, norm_w, residual, eps, H, B, T, D, fresh != 0, snap, snap_t};
   const int rows = 8;  // batch rows per item: a multiple of the 4-row matmul block
   std::vector<std::pair<int, int>> items;  // (head, first row)
   for (int h = 0; h < H; ++h)
