@@ -34,6 +34,11 @@ def empty_prefix_length(tokens: torch.Tensor) -> int:
     return int(has_data.int().argmax())
 
 
+def _shared_empty_lead(tokens: torch.Tensor, keep: int) -> int:
+    """The leading tokens empty in every series that a forward can skip, keeping at least the last ``keep``."""
+    return min(empty_prefix_length(tokens), tokens.shape[1] - keep)
+
+
 class TiRexModel(nn.Module):
     """An sLSTM-only xLSTM over patches of a series, predicting quantiles of the next patch at every token.
 
@@ -130,7 +135,7 @@ class TiRexModel(nn.Module):
         if num_patches > 1:
             empty = tokens.new_zeros(tokens.shape[0], num_patches - 1, tokens.shape[2])
             tokens = torch.cat([tokens, empty], dim=1)
-        lead = min(empty_prefix_length(tokens), tokens.shape[1] - num_patches)
+        lead = _shared_empty_lead(tokens, keep=num_patches)
         known = self._prefix_known() if lead > 0 else {}
         batch = tokens.shape[0]
         if lead > 0 and lead not in known and (batch - 1) * lead <= lead + forward_fixed_rows(cfg):
@@ -140,19 +145,18 @@ class TiRexModel(nn.Module):
             # the key again: a model's first forward moves its weights into the matmul layout (new memory)
             self._prefix_known()[lead] = [SLSTMState(*(t[:, :1].detach().clone() for t in s)) for s in snapshot]
         else:
-            tokens, states = self.skip_empty_start(tokens, keep=num_patches, known=known)
-            out = self(tokens, states, last_tokens=num_patches)
+            states = self.empty_prefix_states(lead, batch, known) if lead > 0 else None
+            out = self(tokens[:, lead:], states, last_tokens=num_patches)
         return out * scale.view(-1, 1, 1, 1) + loc.view(-1, 1, 1, 1)
 
-    def skip_empty_start(self, tokens: torch.Tensor, keep: int = 1, known: dict | None = None,
-                         ) -> tuple[torch.Tensor, list[SLSTMState] | None]:
+    def skip_empty_start(self, tokens: torch.Tensor, keep: int = 1) -> tuple[torch.Tensor, list[SLSTMState] | None]:
         """(tokens after the leading ones that are empty in every series, the states after those) for a fresh
         forward: left padding of short series and missing starts take every series through the same states,
         computed once (``empty_prefix_states``). At least the last ``keep`` tokens are kept."""
-        lead = min(empty_prefix_length(tokens), tokens.shape[1] - keep)
+        lead = _shared_empty_lead(tokens, keep)
         if lead <= 0:
             return tokens, None
-        return tokens[:, lead:], self.empty_prefix_states(lead, tokens.shape[0], known)
+        return tokens[:, lead:], self.empty_prefix_states(lead, tokens.shape[0])
 
     @torch.no_grad()
     def empty_prefix_states(self, length: int, batch: int = 1, known: dict | None = None) -> list[SLSTMState]:
