@@ -308,19 +308,16 @@ class SLSTMLayer(nn.Module):
             if out is not None:
                 return (out.view(batch, steps, heads * dh), new_state, *snap)
         wx = wx.float()
-        snap = []
-        if snapshot_at is not None:  # the first steps, then the rest from their state: the same recurrence
-            if not 1 <= snapshot_at <= steps:
-                raise ValueError(f"snapshot_at must be in 1 ... {steps}, got {snapshot_at}")
+        if snapshot_at is not None and not 1 <= snapshot_at <= steps:
+            raise ValueError(f"snapshot_at must be in 1 ... {steps}, got {snapshot_at}")
+        first, snap = [], []  # with a snapshot inside the sequence: the first steps, then the rest from their state
         if snapshot_at is not None and snapshot_at < steps:
             y_first, state = slstm_recurrence(wx[:, :, :snapshot_at], recurrent, bias, state, emulate, self.backend)
-            snap = [state]
-            wx = wx[:, :, snapshot_at:]
+            first, snap, wx = [y_first], [state], wx[:, :, snapshot_at:]
         y, state = slstm_recurrence(wx, recurrent, bias, state, emulate, self.backend)  # y: (batch, steps, heads, dh)
-        if snapshot_at is not None and snapshot_at == steps:
+        if snapshot_at == steps:
             snap = [state]
-        elif snap:
-            y = torch.cat([y_first, y], dim=1)
+        y = torch.cat([*first, y], dim=1) if first else y
         # per-head group norm over head_dim, then back to (batch, steps, embed)
         y = F.layer_norm(y, (dh,), eps=1e-5) * (1.0 + self.norm_weight.view(heads, dh))
         out = y.reshape(batch, steps, heads * dh)
