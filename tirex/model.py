@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from . import inference
+from . import cpu_forward, inference
 from .backends import check_backend
 from .layers import ResidualBlock, RMSNorm
 from .scaling import fit_scale, patch_tokens, window
@@ -89,6 +89,23 @@ class TiRexModel(nn.Module):
         if snapshot_at is not None and return_hidden:
             raise ValueError("snapshot_at does not combine with return_hidden")
         fast = not torch.is_grad_enabled()  # no-grad: chunked, in-place feed-forward parts (tirex.inference)
+        plan = cpu_forward.compiled_forward(self) if fast and tokens.device.type == "cpu" else None
+        if plan is not None and plan.takes(tokens, last_tokens):
+            out, new_states, snapshots = plan(tokens, states, last_tokens, return_hidden, snapshot_at)
+        else:
+            out, new_states, snapshots = self._forward_layers(tokens, states, last_tokens, return_hidden, snapshot_at)
+        if return_hidden:
+            return out
+        result = (out, new_states) if return_states else (out,)
+        if snapshot_at is not None:
+            result = (*result, snapshots)
+        return result if len(result) > 1 else out
+
+    def _forward_layers(self, tokens, states, last_tokens, return_hidden, snapshot_at):
+        """``forward`` layer by layer (training, GPUs, the fast mode, torch's matmuls; on CPU with the
+        compiled kernels ``tirex.cpu_forward`` runs the same calls): (quantiles or the blocks' outputs, final
+        states, snapshot states)."""
+        fast = not torch.is_grad_enabled()
         if fast and tokens.device.type == "cpu":
             inference.use_matmul_layout_(self)
         dtype = self.blocks[0].slstm.matmul_dtype if len(self.blocks) else torch.float32
@@ -105,7 +122,7 @@ class TiRexModel(nn.Module):
                 if return_hidden:  # a copy: the fast path reuses the residual-stream buffers
                     hidden.append(h.clone())
             if return_hidden:
-                return hidden
+                return hidden, new_states, snapshots
             if last_tokens is not None:
                 h = h[:, -last_tokens:]
             if fast:
@@ -113,10 +130,7 @@ class TiRexModel(nn.Module):
             else:
                 out = self.head(self.out_norm(h))
         out = out.view(*out.shape[:2], len(self.config.quantile_levels), self.config.patch_size)
-        result = (out, new_states) if return_states else (out,)
-        if snapshot_at is not None:
-            result = (*result, snapshots)
-        return result if len(result) > 1 else out
+        return out, new_states, snapshots
 
     @torch.no_grad()
     def predict_patches(self, context: torch.Tensor, num_patches: int = 1) -> torch.Tensor:

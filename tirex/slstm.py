@@ -31,6 +31,9 @@ from .layers import GatedFeedForward, RMSNorm
 GATES = ("input", "forget", "cell", "output")  # order of the gate axis everywhere
 
 
+GROUP_NORM_EPS = 1e-5  # the per-head group norm after the recurrence
+
+
 class SLSTMState(NamedTuple):
     """Recurrent state, each (heads, batch, head_dim) float32."""
 
@@ -153,19 +156,12 @@ def pairs_block(lib) -> int | None:
     return int(lib.tirex_bf16_pairs_block())
 
 
-def _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate_bf16, norm_weight=None, residual=None,
-                           snapshot_at=None):
-    """The compiled CPU kernel. With ``norm_weight`` it also applies the per-head group norm and adds
-    ``residual`` (batch, steps, embed), returning the block's residual stream. (None, None) if the
-    kernel does not handle these sizes. With ``snapshot_at`` (1 <= snapshot_at <= steps) a third result:
-    the state after the first ``snapshot_at`` steps."""
-    heads, batch, steps, four_dh = wx.shape
-    dh = four_dh // 4
-    wx = wx.detach()
-    # bfloat16: the fast mode's projection, or the exact mode's rounded pre-activations (the same values)
-    wx = (wx if wx.dtype == torch.bfloat16 else wx.float()).contiguous()
+def kernel_recurrent_operands(recurrent: torch.Tensor, emulate_bf16: bool, lib) -> tuple[torch.Tensor,
+                                                                                         torch.Tensor | None]:
+    """(R as float32, its bfloat16 pairs or None): what the CPU kernel ``lib`` reads of the recurrent matrix
+    (heads, D, 4D) that ``SLSTMLayer._inference_weights`` returns (pairs cached on it per layout)."""
+    dh = recurrent.shape[1]
     r = recurrent.detach().float()
-    lib = inference.dispatch().library
     pairs = None
     block = pairs_block(lib) if emulate_bf16 and dh % 32 == 0 else None
     if block is not None:
@@ -177,9 +173,36 @@ def _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate_bf16, norm_weight
                 cached[block] = pairs
     if emulate_bf16 and pairs is None and not getattr(recurrent, "_tirex_bf16_rounded", False):
         r = _round_bf16(r)  # the kernel reads R itself only without pairs
-    r = r.contiguous()
+    return r.contiguous(), pairs
+
+
+def kernel_states(state: SLSTMState | None, heads: int, batch: int, dh: int) -> torch.Tensor:
+    """The (4, heads, batch, head_dim) float32 state buffer the CPU kernel starts from (a copy of ``state``)
+    and writes its final state into; uninitialised for a fresh start (``state`` None)."""
+    if state is None:
+        return torch.empty(4, heads, batch, dh)
+    states = torch.stack([s.detach().float() for s in state])
+    if states.shape != (4, heads, batch, dh):
+        raise ValueError(f"a starting state must be 4 tensors of (heads, batch, head_dim) = {(heads, batch, dh)} "
+                         f"for this input, got {tuple(states.shape[1:])}")
+    return states
+
+
+def _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate_bf16, norm_weight=None, residual=None,
+                           snapshot_at=None):
+    """The compiled CPU kernel. With ``norm_weight`` it also applies the per-head group norm and adds
+    ``residual`` (batch, steps, embed), returning the block's residual stream. (None, None) if the
+    kernel does not handle these sizes. With ``snapshot_at`` (1 <= snapshot_at <= steps) a third result:
+    the state after the first ``snapshot_at`` steps."""
+    heads, batch, steps, four_dh = wx.shape
+    dh = four_dh // 4
+    wx = wx.detach()
+    # bfloat16: the fast mode's projection, or the exact mode's rounded pre-activations (the same values)
+    wx = (wx if wx.dtype == torch.bfloat16 else wx.float()).contiguous()
+    lib = inference.dispatch().library
+    r, pairs = kernel_recurrent_operands(recurrent, emulate_bf16, lib)
     bias = bias.detach().float().contiguous()
-    states = torch.empty(4, heads, batch, dh) if state is None else torch.stack([s.detach().float() for s in state])
+    states = kernel_states(state, heads, batch, dh)
     # the fused block output alternates between two reused residual-stream buffers within a forward
     shape = (batch, steps, heads, dh)
     out = inference.stream_buffer(shape, residual) if norm_weight is not None else torch.empty(shape)
@@ -192,7 +215,7 @@ def _recurrence_cpu_kernel(wx, recurrent, bias, state, emulate_bf16, norm_weight
         wx.data_ptr(), int(wx.dtype == torch.bfloat16), r.data_ptr(), None if pairs is None else pairs.data_ptr(),
         bias.data_ptr(), states.data_ptr(), out.data_ptr(),
         None if norm_weight is None else norm_weight.data_ptr(), None if residual is None else residual.data_ptr(),
-        1e-5, heads, batch, steps, dh, int(state is None), int(emulate_bf16), inference.kernel_threads(),
+        GROUP_NORM_EPS, heads, batch, steps, dh, int(state is None), int(emulate_bf16), inference.kernel_threads(),
         None if snap is None else snap.data_ptr(), snapshot_at or 0,
     )
     if status != 0:
@@ -319,7 +342,7 @@ class SLSTMLayer(nn.Module):
             snap = [state]
         y = torch.cat([*first, y], dim=1) if first else y
         # per-head group norm over head_dim, then back to (batch, steps, embed)
-        y = F.layer_norm(y, (dh,), eps=1e-5) * (1.0 + self.norm_weight.view(heads, dh))
+        y = F.layer_norm(y, (dh,), eps=GROUP_NORM_EPS) * (1.0 + self.norm_weight.view(heads, dh))
         out = y.reshape(batch, steps, heads * dh)
         return ((out if residual is None else out + residual), state, *snap)
 

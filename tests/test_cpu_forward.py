@@ -1,0 +1,178 @@
+"""The prepared CPU forward (``tirex.cpu_forward``): the same bits as the layer-by-layer path on every kernel
+level and for every way ``TiRexModel.forward`` is called, used by forecasts, and prepared again (or not
+used) whenever the model, its settings or the kernels change."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tirex import ModelConfig, TiRexModel, cpu_forward, cpu_kernel
+from tirex.inference import ROWS_PER_CHUNK
+
+from test_cpu_dispatch import LEVEL_PARAMS
+
+kernels = pytest.mark.skipif(cpu_kernel.load() is None, reason=f"CPU kernel unavailable: {cpu_kernel.error()}")
+
+
+def _model(recurrence="bfloat16", embed=128, heads=2, blocks=3, seed=0):
+    torch.manual_seed(seed)
+    model = TiRexModel(ModelConfig(embed_dim=embed, num_heads=heads, num_blocks=blocks, input_ff_dim=96,
+                                   context_length=256, recurrence_dtype=recurrence)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def _flat(result) -> torch.Tensor:
+    """Every tensor of a forward's result (quantiles, states, snapshots, hidden outputs) in one vector."""
+    return torch.cat([t.reshape(-1) for t in torch.utils._pytree.tree_leaves(result)])
+
+
+def _layer_by_layer(model, tokens, states=None, return_states=False, last_tokens=None, return_hidden=False,
+                    snapshot_at=None):
+    """``model.forward`` with the prepared forward switched off (what it returns, arranged the same way)."""
+    out, new_states, snapshots = model._forward_layers(tokens, states, last_tokens, return_hidden, snapshot_at)
+    if return_hidden:
+        return out
+    result = (out, new_states) if return_states else (out,)
+    return (*result, snapshots) if snapshot_at is not None else result
+
+
+CALLS = [
+    {},
+    {"last_tokens": 1},
+    {"last_tokens": 3},
+    {"last_tokens": 50},  # more than there are: every token
+    {"return_states": True},
+    {"snapshot_at": 4, "last_tokens": 2},
+    {"snapshot_at": 9, "return_states": True},  # the snapshot after the last step: the final state
+    {"return_hidden": True},
+]
+
+
+@kernels
+@pytest.mark.parametrize("recurrence", ["bfloat16", "float32"])
+@pytest.mark.parametrize("level, emulated", LEVEL_PARAMS)
+def test_the_prepared_forward_gives_the_layer_by_layer_bits(level, emulated, recurrence, restore_dispatch):
+    cpu_kernel.select(level, "compiled", emulated)
+    if cpu_kernel.active().matmuls != "compiled":
+        pytest.skip(f"{level}: torch's matmuls here (no FMA level), nothing prepared")
+    model = _model(recurrence)
+    torch.manual_seed(1)
+    tokens = torch.randn(3, 11, 2 * model.config.patch_size)[:, 2:]  # not contiguous
+    with torch.no_grad():
+        assert cpu_forward.compiled_forward(model) is not None
+        for kwargs in CALLS:
+            assert torch.equal(_flat(model(tokens, **kwargs)), _flat(_layer_by_layer(model, tokens, **kwargs))), kwargs
+        # continued from states (a stream), and from states expanded from one row (the shared empty start)
+        _, states = model(tokens[:, :5], return_states=True)
+        for start in (states, [type(s)(*(t[:, :1].expand(-1, 3, -1) for t in s)) for s in states]):
+            ours = model(tokens[:, 5:], start, return_states=True, last_tokens=1)
+            assert torch.equal(_flat(ours), _flat(_layer_by_layer(model, tokens[:, 5:], start, True, 1)))
+        # more rows than one chunk of the feed-forward and the residual blocks
+        many = torch.randn(ROWS_PER_CHUNK // 8 + 3, 9, 2 * model.config.patch_size)
+        assert torch.equal(model(many), _layer_by_layer(model, many)[0])
+
+
+@kernels
+def test_forecasts_run_the_prepared_forward_with_the_same_results(monkeypatch, restore_dispatch):
+    model = _model()
+    rng = np.random.default_rng(0)
+    series = [rng.normal(size=n).cumsum() for n in (30, 256, 500, 90)]
+    calls = []
+    prepared_call = cpu_forward.CompiledForward.__call__
+    monkeypatch.setattr(cpu_forward.CompiledForward, "__call__",
+                        lambda self, *a: calls.append(1) or prepared_call(self, *a))
+    quantiles, mean = model.forecast(series, prediction_length=70, batch_size=3)
+    assert calls, "the forecast did not use the prepared forward"
+    monkeypatch.setattr(cpu_forward, "compiled_forward", lambda model: None)
+    layered_q, layered_mean = model.forecast(series, prediction_length=70, batch_size=3)
+    assert torch.equal(quantiles, layered_q) and torch.equal(mean, layered_mean)
+
+
+@kernels
+def test_the_prepared_forward_follows_every_change_of_the_model(restore_dispatch):
+    model = _model()
+    tokens = torch.randn(2, 8, 2 * model.config.patch_size)
+
+    def check(prepared: bool):
+        with torch.no_grad():
+            plan = cpu_forward.compiled_forward(model)
+            assert (plan is not None) == prepared
+            ours = model(tokens, return_states=True)
+            assert torch.equal(_flat(ours), _flat(_layer_by_layer(model, tokens, return_states=True)))
+            return ours[0]
+
+    before = check(True)
+    assert cpu_forward.compiled_forward(model) is cpu_forward.compiled_forward(model)  # kept while nothing changes
+    with torch.no_grad():  # an in-place update (an optimiser step)
+        model.blocks[1].ffn.down.weight.mul_(1.5)
+        model.blocks[0].slstm.recurrent.add_(0.01)
+    after = check(True)
+    assert not torch.equal(before, after)
+    model.blocks[2].ffn.up = nn.Linear(*reversed(model.blocks[2].ffn.up.weight.shape), bias=False)  # a new layer
+    check(True)
+    model.load_state_dict({k: v * 0.9 for k, v in model.state_dict().items()})
+    check(True)
+    model.set_recurrence_dtype("float32")
+    check(True)
+    model.set_backend("torch")  # the torch loop: nothing prepared
+    check(False)
+    model.set_backend("auto")
+    check(True)
+    cpu_kernel.select(None, "torch")  # torch's matmuls
+    check(False)
+    cpu_kernel.reset()
+    check(True)
+
+
+@kernels
+def test_hooks_and_wrapped_layers_take_the_layer_by_layer_path(restore_dispatch):
+    model = _model()
+    tokens = torch.randn(2, 8, 2 * model.config.patch_size)
+    seen = []
+    handle = model.blocks[1].register_forward_hook(lambda module, args, out: seen.append(out[0].shape))
+    with torch.no_grad():
+        assert cpu_forward.compiled_forward(model) is None
+        model(tokens)
+    assert seen == [(2, 8, model.config.embed_dim)]  # the hook ran
+    handle.remove()
+    with torch.no_grad():
+        assert cpu_forward.compiled_forward(model) is not None
+
+    class Scaled(nn.Linear):  # a layer that is not a plain nn.Linear (e.g. an adapter): never bypassed here
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    gate = model.blocks[0].ffn.gate
+    model.blocks[0].ffn.gate = Scaled(gate.in_features, gate.out_features, bias=False)
+    with torch.no_grad():
+        assert cpu_forward.compiled_forward(model) is None
+
+
+@kernels
+def test_states_of_the_wrong_size_are_a_clear_error():
+    model = _model()
+    tokens = torch.randn(3, 8, 2 * model.config.patch_size)
+    with torch.no_grad():
+        _, states = model(tokens[:2], return_states=True)  # two series' states for three series
+        with pytest.raises(ValueError, match="starting state"):
+            model(tokens, states)
+        with pytest.raises(ValueError, match="snapshot_at"):
+            model(tokens, snapshot_at=9)
+
+
+@kernels
+def test_fast_mode_and_float64_weights_are_not_prepared(restore_dispatch):
+    model = _model()
+    tokens = torch.randn(2, 8, 2 * model.config.patch_size)
+    assert model.set_fast_mode(True, force=True)
+    with torch.no_grad():
+        assert cpu_forward.compiled_forward(model) is None
+        assert model(tokens).isfinite().all()
+    model.set_fast_mode(False)
+    with torch.no_grad():
+        assert cpu_forward.compiled_forward(model) is not None
+        assert cpu_forward.compiled_forward(_model().double()) is None
