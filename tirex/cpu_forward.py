@@ -1,13 +1,15 @@
-"""The CPU inference forward as a sequence of compiled-kernel calls, prepared once per model.
+"""The CPU inference forward as compiled-kernel calls on operands prepared once per model.
 
 The no-grad path of ``TiRexModel.forward`` (``tirex.inference``) decides at every layer of every forward
-which kernels apply, looks up cached weights and wraps each kernel call in tensor views: a few hundred
-microseconds of Python per block, 15-17% of a batch-1 forecast at the published size (README "Speed").
-Where every layer runs on the compiled CPU kernels with float32 weight matmuls - the default wherever a
-kernel level exists - those decisions and the weights' addresses stay fixed until a parameter, a module,
-a setting or the kernels change. ``CompiledForward`` takes them once; a forward is then the kernel calls
-in sequence: the same calls, in the same order, on the same operands as the layer-by-layer path, so the
-same bits (tested on every kernel level).
+which kernels apply, looks up cached weights and wraps each kernel call in tensor views: about 0.3 ms of
+Python per block and forward, and Python code that runs right after a large matmul runs 5-8x slower than
+usual (the matmul has evicted it from the caches). Where every layer runs on the compiled CPU kernels with
+float32 weight matmuls - the default wherever a kernel level exists - those decisions and the weights'
+addresses stay fixed until a parameter, a module, a setting or the kernels change. ``CompiledForward``
+takes them once (``BlockOperands`` per block); a forward is then the patch embedding's matmuls, one kernel
+call that runs every block (``tirex_blocks_forward``: norm, head-wise projection, recurrence with its group
+norm and residual, feed-forward) without coming back to Python, and the head. The same calls in the same
+order on the same operands as the layer-by-layer path: the same bits (tested on every kernel level).
 
 Anything else takes the layer-by-layer path: the fast mode, torch's matmuls (``TIREX_CPU_GEMM=0``), an
 sLSTM backend other than the CPU kernel, weights that are not float32 ``nn.Linear`` matrices (a replaced or
@@ -16,6 +18,7 @@ wrapped layer), head sizes the kernel does not take, and forward hooks on any su
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import weakref
 
@@ -24,7 +27,7 @@ from torch import nn
 from torch.nn.modules import module as torch_module
 
 from . import backends, inference
-from .inference import GEMM_ACCUMULATE, GEMM_RELU, GEMM_STORE, GEMM_STORE_BF16, GEMM_SWIGLU, ROWS_PER_CHUNK
+from .inference import GEMM_ACCUMULATE, GEMM_RELU, GEMM_STORE, ROWS_PER_CHUNK
 from .layers import GatedFeedForward, ResidualBlock, RMSNorm
 from .slstm import GROUP_NORM_EPS, SLSTMBlock, SLSTMLayer, SLSTMState, kernel_recurrent_operands, kernel_states
 
@@ -33,42 +36,55 @@ FLOAT_BYTES = 4
 
 def compiled_forward(model: nn.Module) -> "CompiledForward | None":
     """The model's prepared CPU forward for the kernels in use, or None where the layer-by-layer path must
-    run. Checked on every call (about 0.1 ms for the published size); prepared again after any change."""
+    run. Checked on every call (tens of microseconds); prepared again after any change."""
     dispatch = inference.dispatch()
     cached = _prepared.get(model)
-    if cached is not None and cached[0] == _key(model, dispatch, cached[2]):
+    if cached is not None and cached[0].unchanged(dispatch):
         return cached[1]
     with _prepare_lock:  # one preparation at a time (the layout change below moves weights)
         inference.use_matmul_layout_(model)
-        submodules = tuple(m for m in model.modules() if m is not model)
-        plan = CompiledForward.prepare(model, dispatch)
-        _prepared[model] = (_key(model, dispatch, submodules), plan, submodules)
-    return plan
+        watch = _Watch(model, dispatch)
+        _prepared[model] = (watch, CompiledForward.prepare(model, dispatch))
+    return _prepared[model][1]
 
 
 # by model, outside it (nothing to copy or pickle with it) and weakly (nothing kept alive: the entry holds
-# the model's submodules and the kernels, never the model)
+# the model's submodules, parameters and kernels, never the model)
 _prepared: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 _prepare_lock = threading.Lock()
 
 
-def _key(model: nn.Module, dispatch, submodules: tuple[nn.Module, ...]) -> tuple:
-    """What a prepared forward depends on: the kernels, the default sLSTM backend, hooks, and for the model
-    and every submodule its children, parameters (object, in-place version, memory) and the settings of its
-    sLSTM layer. ``submodules`` are those it was prepared from (held, so their ids cannot be reused)."""
-    parts = [id(dispatch), backends.default_backend(), _global_hooks()]
-    for m in (model, *submodules):
-        parts.append(id(m))
-        parts.extend(map(id, m._modules.values()))
-        for p in m._parameters.values():
-            parts.extend((id(p), p._version, p.data_ptr()) if p is not None else (None,))
-        if m is not model and (m._forward_hooks or m._forward_pre_hooks):  # the model's own run anyway
-            parts.append("hooks")
-        if isinstance(m, SLSTMLayer):
-            parts.extend((m.matmul_dtype, m.recurrence_dtype, m.backend))
-        elif isinstance(m, RMSNorm):
-            parts.append(m.eps)
-    return tuple(parts)
+class _Watch:
+    """What a prepared forward depends on: the kernels, the default sLSTM backend, forward hooks, and for
+    the model and every submodule its children and parameters (object, in-place version, memory), the
+    settings of its sLSTM layers and the norms' eps. Recorded when it is prepared, compared on every call;
+    it holds the submodules and parameters, so their ids cannot be reused meanwhile (the model is not held:
+    its id is ``_prepared``'s key)."""
+
+    def __init__(self, model: nn.Module, dispatch) -> None:
+        modules = [m for m in model.modules() if m is not model]
+        # (dict, name) of every child module and parameter: the objects found there must stay the same
+        self._slots = [(d, name) for m in (model, *modules) for d in (m._modules, m._parameters) for name in d]
+        self._held = [d[name] for d, name in self._slots]
+        self._params = [p for p in self._held if isinstance(p, nn.Parameter)]
+        self._hookable = modules  # the model's own hooks run anyway
+        self._layers = [m for m in modules if isinstance(m, SLSTMLayer)]
+        self._norms = [m for m in modules if isinstance(m, RMSNorm)]
+        self._state = self._now(dispatch)
+
+    def _now(self, dispatch) -> tuple | None:
+        try:
+            found = [id(d[name]) for d, name in self._slots]
+        except KeyError:  # a module or parameter was deleted
+            return None
+        hooked = [m for m in self._hookable if m._forward_hooks or m._forward_pre_hooks]
+        return (id(dispatch), backends.default_backend(), _global_hooks(), bool(hooked), found,
+                [(p._version, p.data_ptr()) for p in self._params],
+                [(m.matmul_dtype, m.recurrence_dtype, m.backend) for m in self._layers],
+                [m.eps for m in self._norms])
+
+    def unchanged(self, dispatch) -> bool:
+        return self._now(dispatch) == self._state
 
 
 def _global_hooks() -> bool:
@@ -112,6 +128,15 @@ class _Residual:
                                                    _Linear(block.residual, keep))
 
 
+class BlockOperands(ctypes.Structure):
+    """One block's operands as the kernel's ``tirex_blocks_forward`` reads them (its ``TirexBlock``)."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in ("norm_slstm", "projection", "recurrent", "pairs", "bias",
+                                                     "group_norm", "norm_ffn", "gate", "up", "down")]
+    _fields_ += [("eps_slstm", ctypes.c_float), ("eps_ffn", ctypes.c_float)]
+    _fields_ += [(name, ctypes.c_int) for name in ("heads", "head_dim", "ffn_dim", "bf16")]
+
+
 class _Block:
     """An ``SLSTMBlock``: the two norms, the head-wise projection, the recurrence's operands, the FFN."""
 
@@ -136,12 +161,22 @@ class _Block:
                                          _Linear(block.ffn.down, keep))
         self.ffn_dim = self.gate.out_features
 
+    def operands(self) -> BlockOperands:
+        return BlockOperands(self.norm_slstm.weight, self.projection, self.recurrent, self.pairs, self.bias,
+                             self.group_norm, self.norm_ffn.weight, self.gate.weight, self.up.weight, self.down.weight,
+                             self.norm_slstm.eps, self.norm_ffn.eps, self.heads, self.dh, self.ffn_dim, int(self.bf16))
+
 
 _CPU_PROBE = torch.empty(0)
 
 
 class _NotPlain(Exception):
     """A part of the model the prepared forward does not run (the layer-by-layer path does)."""
+
+
+def _pointers(tensors: list) -> ctypes.Array:
+    """A C array of the tensors' data addresses (null for None)."""
+    return (ctypes.c_void_p * len(tensors))(*(None if t is None else t.data_ptr() for t in tensors))
 
 
 def _held(t: torch.Tensor, keep: list) -> int:
@@ -166,6 +201,7 @@ class CompiledForward:
         self.quantiles, self.patch_size = len(model.config.quantile_levels), model.config.patch_size
         if not self.blocks or any(b.heads * b.dh != self.embed_dim for b in self.blocks):
             raise _NotPlain("the block sizes")
+        self.operands = (BlockOperands * len(self.blocks))(*(b.operands() for b in self.blocks))
 
     @classmethod
     def prepare(cls, model: nn.Module, dispatch) -> "CompiledForward | None":
@@ -197,70 +233,40 @@ class CompiledForward:
             raise ValueError(f"snapshot_at must be in 1 ... {steps}, got {snapshot_at}")
         if states is not None and len(states) != len(self.blocks):
             raise ValueError(f"expected {len(self.blocks)} block states, got {len(states)}")
-        lib, threads, e = self.lib, inference.kernel_threads(), self.embed_dim
+        lib, threads, e, n = self.lib, inference.kernel_threads(), self.embed_dim, len(self.blocks)
         rows = batch * steps
         kept = steps if return_hidden or last_tokens is None else min(last_tokens, steps)
-        new_states, snapshots, hidden = [], [], []
+        new_states = [kernel_states(None if states is None else s, b.heads, batch, b.dh)
+                      for s, b in zip(states or [None] * n, self.blocks)]
+        snaps = [None if snapshot_at is None else torch.empty(4, b.heads, batch, b.dh) for b in self.blocks]
+        hidden = [torch.empty(batch, steps, e) for _ in self.blocks] if return_hidden else [None] * n
         with inference.workspace():
             stream = [inference.buffer("stream_a", (rows, e)), inference.buffer("stream_b", (rows, e))]
             self._residual(self.embedding, tokens.reshape(rows, width).contiguous(), stream[0], threads)
-            for i, block in enumerate(self.blocks):
-                h, out = stream[i % 2], stream[(i + 1) % 2]
-                state = kernel_states(None if states is None else states[i], block.heads, batch, block.dh)
-                snap = None if snapshot_at is None else torch.empty(4, block.heads, batch, block.dh)
-                self._recurrence(block, h, out, state, states is None, snap, snapshot_at, batch, steps, threads)
-                new_states.append(SLSTMState(*state.unbind(0)))
-                if snap is not None:
-                    snapshots.append(SLSTMState(*snap.unbind(0)))
-                if i == len(self.blocks) - 1 and kept < steps:  # the FFN only where the head will read
-                    out = out.view(batch, steps, e)[:, -kept:].contiguous().view(batch * kept, e)
-                self._ffn(block, out, threads)
-                if return_hidden:
-                    hidden.append(out.view(batch, steps, e).clone())
+            last = inference.buffer("last", (batch * kept, e)) if kept < steps else None
+            norm = inference.buffer("norm", (rows * e,))
+            # the pre-activations (bfloat16 where rounded so: half the memory), then the FFN's hidden layer
+            scratch = inference.buffer("scratch", (max(max(b.heads * rows * 4 * b.dh // (2 if b.bf16 else 1),
+                                                           min(rows, ROWS_PER_CHUNK) * b.ffn_dim)
+                                                       for b in self.blocks),))
+            status = lib.tirex_blocks_forward(
+                ctypes.addressof(self.operands), n, _pointers(new_states), _pointers(snaps), _pointers(hidden),
+                stream[0].data_ptr(), stream[1].data_ptr(), None if last is None else last.data_ptr(),
+                norm.data_ptr(), scratch.data_ptr(), batch, steps, e, kept, int(states is None), snapshot_at or 0,
+                GROUP_NORM_EPS, ROWS_PER_CHUNK, threads)
+            if status != 0:
+                raise RuntimeError(f"tirex_blocks_forward failed with status {status}")
+            new_states = [SLSTMState(*s.unbind(0)) for s in new_states]
+            snapshots = [SLSTMState(*s.unbind(0)) for s in snaps] if snapshot_at is not None else []
             if return_hidden:
                 return hidden, new_states, snapshots
-            norm = torch.empty(out.shape)
-            lib.tirex_rms_norm(out.data_ptr(), self.out_norm.weight, norm.data_ptr(), out.shape[0], e,
+            out = last if last is not None else stream[n % 2]
+            out_norm = torch.empty(out.shape)
+            lib.tirex_rms_norm(out.data_ptr(), self.out_norm.weight, out_norm.data_ptr(), out.shape[0], e,
                                self.out_norm.eps, 0, 1, threads)
             result = torch.empty(out.shape[0], self.head.output.out_features)
-            self._residual(self.head, norm, result, threads)
+            self._residual(self.head, out_norm, result, threads)
         return result.view(batch, kept, self.quantiles, self.patch_size), new_states, snapshots
-
-    def _recurrence(self, block: _Block, h, out, state, fresh: bool, snap, snapshot_at, batch: int, steps: int,
-                    threads: int) -> None:
-        """out = h + group_norm(sLSTM(W norm(h))), the state updated in place (``SLSTMBlock``'s first half)."""
-        lib, rows, heads, dh = self.lib, batch * steps, block.heads, block.dh
-        norm = inference.buffer("norm", (heads, rows, dh))
-        lib.tirex_rms_norm(h.data_ptr(), block.norm_slstm.weight, norm.data_ptr(), rows, heads * dh,
-                           block.norm_slstm.eps, 0, heads, threads)
-        # the rounded pre-activations in bfloat16 where the recurrence reads them so (half the memory); the
-        # buffer the feed-forward's hidden layer uses next
-        wx = (inference.buffer("scratch", (heads, rows, 2 * dh)).view(torch.bfloat16) if block.bf16
-              else inference.buffer("scratch", (heads, rows, 4 * dh)))
-        status = lib.tirex_gemm_heads(norm.data_ptr(), dh, rows * dh, block.projection, 4 * dh, dh * 4 * dh,
-                                      wx.data_ptr(), 4 * dh, rows * 4 * dh, heads, rows, 4 * dh, dh,
-                                      GEMM_STORE_BF16 if block.bf16 else GEMM_STORE, threads)
-        if status != 0:
-            raise RuntimeError(f"tirex_gemm_heads failed with status {status}")
-        status = lib.tirex_slstm_forward(
-            wx.data_ptr(), int(block.bf16), block.recurrent, block.pairs, block.bias, state.data_ptr(),
-            out.data_ptr(), block.group_norm, h.data_ptr(), GROUP_NORM_EPS, heads, batch, steps, dh,
-            int(fresh), int(block.bf16), threads, None if snap is None else snap.data_ptr(), snapshot_at or 0)
-        if status != 0:
-            raise RuntimeError(f"tirex_slstm_forward failed with status {status}")
-
-    def _ffn(self, block: _Block, h: torch.Tensor, threads: int) -> None:
-        """h += FFN(norm(h)) in place, in chunks of rows (``inference.ffn_residual_``)."""
-        lib, e, f = self.lib, self.embed_dim, block.ffn_dim
-        for start in range(0, h.shape[0], ROWS_PER_CHUNK):
-            n = min(ROWS_PER_CHUNK, h.shape[0] - start)
-            x = h.data_ptr() + start * e * FLOAT_BYTES
-            norm, gate = inference.buffer("norm", (n, e)), inference.buffer("scratch", (n, f))
-            lib.tirex_rms_norm(x, block.norm_ffn.weight, norm.data_ptr(), n, e, block.norm_ffn.eps, 0, 1, threads)
-            lib.tirex_gemm(norm.data_ptr(), e, block.gate.weight, block.up.weight, f, None, gate.data_ptr(), f,
-                           n, f, e, GEMM_SWIGLU, threads)
-            lib.tirex_gemm(gate.data_ptr(), f, block.down.weight, None, e, None, x, e, n, e, f, GEMM_ACCUMULATE,
-                           threads)
 
     def _residual(self, block: _Residual, u: torch.Tensor, out: torch.Tensor, threads: int) -> None:
         """out = block(u) for contiguous (rows, in) u and (rows, out) out (``inference.residual_block``)."""

@@ -192,6 +192,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.tirex_silu_mul_bf16.argtypes = [ptr] * 3 + [i64, i32]
     lib.tirex_add_bf16.restype = None
     lib.tirex_add_bf16.argtypes = [ptr] * 2 + [i64, i32]
+    lib.tirex_blocks_forward.restype = i32
+    lib.tirex_blocks_forward.argtypes = [ptr, i32] + [ptr] * 8 + [i32] * 6 + [f32, i32, i32]
 
 
 def _disabled() -> bool:

@@ -1199,4 +1199,70 @@ int tirex_slstm_forward(const void* wx, int wx_is_bf16, const float* R, const ui
   return 0;
 }
 
+// One sLSTM block's operands for tirex_blocks_forward (tirex.cpu_forward.BlockOperands mirrors it).
+struct TirexBlock {
+  const float* norm_slstm;  // (E) RMSNorm weight before the sLSTM layer
+  const float* projection;  // (H, D, 4D) head-wise input projections, row-major
+  const float* recurrent;   // (H, D, 4D) as tirex_slstm_forward's R
+  const uint16_t* pairs;    // its bfloat16 pairs, or null
+  const float* bias;        // (H, 4, D)
+  const float* group_norm;  // (E) the group norm's weight
+  const float* norm_ffn;    // (E) RMSNorm weight before the feed-forward
+  const float* gate;        // (E, F) row-major (the transpose of nn.Linear's weight)
+  const float* up;          // (E, F)
+  const float* down;        // (F, E)
+  float eps_slstm, eps_ffn;
+  int heads, head_dim, ffn_dim, bf16;  // bf16: bfloat16-rounded pre-activations and recurrence
+};
+
+// TiRexModel's blocks on the residual stream of B series x T tokens, as tirex.cpu_forward runs them one
+// call at a time (the same calls, the same order: the same bits), without returning to Python between
+// them. The stream starts in stream_a (B * T, E); block i reads one of stream_a / stream_b and writes the
+// other. The last block's feed-forward runs on the last `kept` tokens of each series only: with kept < T
+// they are first copied to `last` (B * kept, E), where the output then is; else the output is in stream_a
+// for an even number of blocks, stream_b for an odd. Per block i: states[i] (4, H, B, D) the starting state
+// (unless fresh) and the final one, snaps[i] the state after snap_t steps (or null), hidden[i] a copy of the
+// block's output (B, T, E) (or null). norm: max(B * T, chunk) * E floats; scratch: the larger of the
+// pre-activations (H * B * T * 4D, in bfloat16 where bf16) and chunk * F floats. The feed-forward runs on
+// chunks of `chunk` rows. Returns 0, or the failing call's status.
+int tirex_blocks_forward(const TirexBlock* blocks, int n_blocks, float* const* states, float* const* snaps,
+                         float* const* hidden, float* stream_a, float* stream_b, float* last, float* norm,
+                         void* scratch, int B, int T, int E, int kept, int fresh, int snap_t, float group_eps,
+                         int chunk, int num_threads) {
+  const int rows = B * T;
+  for (int i = 0; i < n_blocks; ++i) {
+    const TirexBlock& b = blocks[i];
+    const int H = b.heads, D = b.head_dim, F = b.ffn_dim;
+    float* h = i % 2 == 0 ? stream_a : stream_b;
+    float* out = i % 2 == 0 ? stream_b : stream_a;
+    tirex_rms_norm(h, b.norm_slstm, norm, rows, E, b.eps_slstm, 0, H, num_threads);
+    int status = tirex_gemm_heads(norm, D, static_cast<long>(rows) * D, b.projection, 4 * D,
+                                  static_cast<long>(D) * 4 * D, scratch, 4 * D, static_cast<long>(rows) * 4 * D, H,
+                                  rows, 4 * D, D, b.bf16 ? kStoreBf16 : kStore, num_threads);
+    if (status != 0) return status;
+    status = tirex_slstm_forward(scratch, b.bf16, b.recurrent, b.pairs, b.bias, states[i], out, b.group_norm, h,
+                                 group_eps, H, B, T, D, fresh, b.bf16, num_threads, snaps[i], snaps[i] ? snap_t : 0);
+    if (status != 0) return status;
+    float* x = out;
+    int x_rows = rows;
+    if (i == n_blocks - 1 && kept < T) {  // the feed-forward only where the head will read
+      for (int s = 0; s < B; ++s)
+        std::memcpy(last + static_cast<size_t>(s) * kept * E, out + (static_cast<size_t>(s) * T + T - kept) * E,
+                    sizeof(float) * kept * E);
+      x = last;
+      x_rows = B * kept;
+    }
+    for (int start = 0; start < x_rows; start += chunk) {
+      const int m = std::min(chunk, x_rows - start);
+      float* xs = x + static_cast<size_t>(start) * E;
+      tirex_rms_norm(xs, b.norm_ffn, norm, m, E, b.eps_ffn, 0, 1, num_threads);
+      tirex_gemm(norm, E, b.gate, b.up, F, nullptr, scratch, F, m, F, E, kSwiGlu, num_threads);
+      tirex_gemm(static_cast<const float*>(scratch), F, b.down, nullptr, E, nullptr, xs, E, m, E, F, kAccumulate,
+                 num_threads);
+    }
+    if (hidden[i]) std::memcpy(hidden[i], x, sizeof(float) * static_cast<size_t>(x_rows) * E);
+  }
+  return 0;
+}
+
 }  // extern "C"
