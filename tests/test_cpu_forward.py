@@ -142,14 +142,68 @@ def test_hooks_and_wrapped_layers_take_the_layer_by_layer_path(restore_dispatch)
     with torch.no_grad():
         assert cpu_forward.compiled_forward(model) is not None
 
-    class Scaled(nn.Linear):  # a layer that is not a plain nn.Linear (e.g. an adapter): never bypassed here
-        def forward(self, x):
-            return super().forward(x) * 2
-
     gate = model.blocks[0].ffn.gate
     model.blocks[0].ffn.gate = Scaled(gate.in_features, gate.out_features, bias=False)
     with torch.no_grad():
         assert cpu_forward.compiled_forward(model) is None
+
+
+class Scaled(nn.Linear):
+    """A layer that is not a plain nn.Linear (a subclass with a forward of its own)."""
+
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+class LowRankAdapter(nn.Module):
+    """An adapter around a layer, as LoRA libraries wrap one: base(x) + B(A(x)); it exposes the base weight."""
+
+    def __init__(self, base: nn.Linear, rank: int = 2):
+        super().__init__()
+        self.base = base
+        self.a = nn.Linear(base.in_features, rank, bias=False)
+        self.b = nn.Linear(rank, base.out_features, bias=False)
+        nn.init.normal_(self.b.weight, std=0.5)
+
+    @property
+    def weight(self):
+        return self.base.weight
+
+    @property
+    def out_features(self):
+        return self.base.out_features
+
+    def forward(self, x):
+        return self.base(x) + self.b(self.a(x))
+
+
+@pytest.mark.parametrize("wrap", ["subclass", "adapter"])
+@pytest.mark.parametrize("where", ["ffn", "head", "embedding"])
+def test_a_wrapped_layer_runs_its_own_forward_at_inference(wrap, where, restore_dispatch):
+    """No inference path reads a wrapped layer's weight and skips its forward: no-grad forecasts equal the
+    modules' own forwards (grad enabled) and differ from the unwrapped model's."""
+    model = _model()
+    tokens = torch.randn(3, 8, 2 * model.config.patch_size)
+    with torch.no_grad():
+        unwrapped = model(tokens)
+    parent, name = {"ffn": (model.blocks[1].ffn, "up"), "head": (model.head, "hidden"),
+                    "embedding": (model.patch_embedding, "residual")}[where]
+    layer = getattr(parent, name)
+    if wrap == "subclass":
+        new = Scaled(layer.in_features, layer.out_features, bias=layer.bias is not None)
+        new.load_state_dict(layer.state_dict())
+    else:
+        new = LowRankAdapter(layer)
+    setattr(parent, name, new)
+    with torch.enable_grad():
+        own = model(tokens).detach()  # every module's own forward
+    for matmuls in ("compiled", "torch"):
+        cpu_kernel.select(None, matmuls)
+        with torch.no_grad():
+            ours = model(tokens)
+        # the two paths differ by float rounding (a few 1e-4 here, as without the wrapper); the wrapper by more
+        torch.testing.assert_close(ours, own, rtol=1e-3, atol=2e-3)
+        assert (ours - unwrapped).abs().max() > 20 * (ours - own).abs().max()
 
 
 @kernels

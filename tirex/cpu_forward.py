@@ -113,7 +113,7 @@ class _Linear:
 
 class _Norm:
     def __init__(self, norm: nn.Module, keep: list) -> None:
-        if type(norm) is not RMSNorm:
+        if not inference.plain(norm, RMSNorm):
             raise _NotPlain(f"{norm!r}")
         self.weight, self.eps = _held(norm.weight, keep), norm.eps
 
@@ -122,7 +122,7 @@ class _Residual:
     """A ``ResidualBlock``: out = W_r u + b_r + W_o relu(W_h u + b_h) + b_o."""
 
     def __init__(self, block: nn.Module, keep: list) -> None:
-        if type(block) is not ResidualBlock:
+        if not inference.plain(block, ResidualBlock):
             raise _NotPlain(f"{block!r}")
         self.hidden, self.output, self.residual = (_Linear(block.hidden, keep), _Linear(block.output, keep),
                                                    _Linear(block.residual, keep))
@@ -141,7 +141,8 @@ class _Block:
     """An ``SLSTMBlock``: the two norms, the head-wise projection, the recurrence's operands, the FFN."""
 
     def __init__(self, block: nn.Module, lib, keep: list) -> None:
-        if type(block) is not SLSTMBlock or type(block.slstm) is not SLSTMLayer or type(block.ffn) is not GatedFeedForward:
+        if type(block) is not SLSTMBlock or type(block.slstm) is not SLSTMLayer or not inference.plain(
+                block.ffn, GatedFeedForward):
             raise _NotPlain(f"{type(block).__name__}")
         s = block.slstm
         if s.matmul_dtype != torch.float32 or s.head_dim % 8 or backends.resolve(s.backend, _CPU_PROBE) != "cpu":

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cpu_kernel
+from .layers import GatedFeedForward, ResidualBlock, RMSNorm
 
 ROWS_PER_CHUNK = 2048  # few, large ops: smaller chunks lose more to thread synchronisation than they gain in cache
 
@@ -199,6 +200,19 @@ def compiled_kernels(x: torch.Tensor):
     return dispatch().library
 
 
+def plain(module: nn.Module, kind: type) -> bool:
+    """Whether the fused paths here may read ``module``'s weights instead of calling it: exactly ``kind``
+    (``nn.Linear``, ``RMSNorm``, ...), with plain ``nn.Linear`` layers inside. A subclass or a wrapper (an
+    adapter such as LoRA, a quantised layer) has a forward of its own, and that forward then runs."""
+    if type(module) is not kind:
+        return False
+    if kind is GatedFeedForward:
+        return all(type(layer) is nn.Linear for layer in (module.gate, module.up, module.down))
+    if kind is ResidualBlock:
+        return all(type(layer) is nn.Linear for layer in (module.hidden, module.output, module.residual))
+    return True
+
+
 def rms_norm(
     x: torch.Tensor, norm: nn.Module, out_dtype: torch.dtype = torch.float32, heads: int = 1, name: str | None = None
 ) -> torch.Tensor:
@@ -210,6 +224,9 @@ def rms_norm(
     lib = compiled_kernels(x)
     dim = x.shape[-1]
     rows = x.numel() // dim
+    if not plain(norm, RMSNorm):
+        out = norm(x).to(out_dtype)
+        return out if heads == 1 else out.reshape(rows, heads, dim // heads).transpose(0, 1).contiguous()
     if lib is None or out_dtype not in (torch.float32, torch.bfloat16):
         out = F.rms_norm(x, (dim,), norm.weight, norm.eps).to(out_dtype)
         return out if heads == 1 else out.reshape(rows, heads, dim // heads).transpose(0, 1).contiguous()
@@ -225,6 +242,10 @@ def rms_norm(
 def ffn_residual_(h: torch.Tensor, norm: nn.Module, ffn: nn.Module, dtype: torch.dtype) -> torch.Tensor:
     """``h += ffn(norm(h))`` in place, chunk by chunk of rows. h: (..., embed) contiguous float32."""
     flat = h.view(-1, h.shape[-1])
+    if not (plain(ffn, GatedFeedForward) and plain(norm, RMSNorm)):  # a wrapped layer: its own forward
+        for rows in flat.split(ROWS_PER_CHUNK):
+            rows.add_(ffn(norm(rows)).float())
+        return h
     lib = compiled_kernels(h)
     threads = torch.get_num_threads()
     cpu32 = dtype == torch.float32 and h.device.type == "cpu"
@@ -261,6 +282,8 @@ def ffn_residual_(h: torch.Tensor, norm: nn.Module, ffn: nn.Module, dtype: torch
 def residual_block(u: torch.Tensor, block: nn.Module, dtype: torch.dtype) -> torch.Tensor:
     """``tirex.layers.ResidualBlock`` forward, chunk by chunk of rows. u: (..., in)."""
     flat = u.reshape(-1, u.shape[-1])
+    if not plain(block, ResidualBlock):  # a wrapped layer: its own forward
+        return block(u).float()
     out = torch.empty(flat.shape[0], block.output.out_features, device=u.device)
     cpu32 = dtype == torch.float32 and u.device.type == "cpu"
     lib = compiled_kernels(flat) if cpu32 else None
