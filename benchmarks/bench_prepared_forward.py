@@ -12,8 +12,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import time
 from contextlib import contextmanager
@@ -21,7 +19,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from tirex import ModelConfig, TiRexModel, cpu_forward, load_model
+from bench_empty_prefix import published_size, write_json
+from tirex import cpu_forward, load_model
 
 
 @contextmanager
@@ -33,17 +32,6 @@ def layer_by_layer():
         yield
     finally:
         cpu_forward.compiled_forward = prepared
-
-
-def published_size() -> TiRexModel:
-    torch.manual_seed(1234)
-    model = TiRexModel(ModelConfig()).eval()
-    with torch.no_grad():
-        for block in model.blocks:
-            block.slstm.recurrent.normal_(0, 0.05)
-            block.slstm.bias.normal_(0, 0.5)
-    model.prepare_inference()
-    return model
 
 
 def forecast_job(model, batch: int, length: int, horizon: int):
@@ -109,10 +97,7 @@ def main() -> None:
         print(f"| {name} | {layers * 1e3:.1f} | {prepared * 1e3:.1f} | {layers / prepared:.2f}x | "
               f"{'yes' if same else 'no'} |")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"cpu": info["model"], "flags": info["flags"], "level": info["level"],
-                       "matmuls": info["matmuls"], "threads": torch.get_num_threads(), "torch": torch.__version__,
-                       "loadavg_1min": os.getloadavg()[0], "rows": rows}, f, indent=1)
+        write_json(args.json, info, rows)
 
 
 if __name__ == "__main__":
