@@ -319,3 +319,25 @@ def test_inference_stores_linear_weights_column_major_without_changing_anything_
     opt.step()
     assert linears[0].weight.grad is not None
     assert not torch.equal(linears[0].weight, weight_before_step)
+
+
+def test_repeated_small_forecasts_do_not_fault_their_memory_in_again():
+    """The allocator keeps a small forecast's freed temporaries (``inference.HEAP_KEPT``): with glibc returning
+    them to the OS every batch-1 forecast of the bundled model took ~560 page faults to get them back."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc":
+        pytest.skip("the allocator settings are for glibc")
+    script = (
+        "import resource, torch\n"
+        "from tirex import load_model\n"
+        "m = load_model(); x = torch.randn(1, 2048).cumsum(1)\n"
+        "for _ in range(5): m.forecast(x, 32)\n"
+        "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(20): m.forecast(x, 32)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 20)\n")
+    faults = float(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                                  timeout=300).stdout.split()[-1])
+    assert faults < 100, f"{faults} page faults per forecast"
