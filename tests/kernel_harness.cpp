@@ -11,6 +11,11 @@
 //                                        out: y (B*T*H*D) state (4*H*B*D)
 //   rms_norm rows dim heads out_bf16     in: x (rows*dim) w (dim)     out: rows*dim float32 / bfloat16 bits
 //   silu_mul rows hidden                 in: gate, up (rows*hidden)   out: rows*hidden float32
+//   blocks N H B T D F kept fresh bf16 threads   (E = H*D; tirex_blocks_forward, no bfloat16 pairs)
+//                                        in: stream (B*T*E), then per block: norm_slstm (E) projection (H*D*4D)
+//                                            R (H*D*4D) bias (H*4D) group_norm (E) norm_ffn (E) gate, up (E*F)
+//                                            down (F*E) state (4*H*B*D)
+//                                        out: the output rows (B*kept*E), then every block's state
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -79,6 +84,31 @@ int main(int argc, char** argv) {
     tirex_silu_mul(gate.data(), up.data(), out.data(), rows, hidden, 1);
     write(out);
     return 0;
+  }
+  if (fn == "blocks" && a.size() == 10) {
+    const long N = a[0], H = a[1], B = a[2], T = a[3], D = a[4], F = a[5], kept = a[6], fresh = a[7], bf16 = a[8],
+               threads = a[9], E = H * D;
+    auto stream_a = read_floats(B * T * E);
+    std::vector<float> stream_b(B * T * E), last(B * kept * E), norm(B * T * E);
+    std::vector<float> scratch(std::max(H * B * T * 4 * D, std::min(B * T, 2048L) * F));
+    std::vector<std::vector<float>> w;  // per block: the ten weight arrays, then the state
+    std::vector<TirexBlock> blocks;
+    std::vector<float*> states, nulls(N, nullptr);
+    for (long i = 0; i < N; ++i) {
+      for (long n : {E, H * D * 4 * D, H * D * 4 * D, H * 4 * D, E, E, E * F, E * F, F * E, 4 * H * B * D})
+        w.push_back(read_floats(n));
+      std::vector<float>* b = &w[w.size() - 10];
+      blocks.push_back(TirexBlock{b[0].data(), b[1].data(), b[2].data(), nullptr, b[3].data(), b[4].data(),
+                                  b[5].data(), b[6].data(), b[7].data(), b[8].data(), 1e-6f, 1e-6f,
+                                  static_cast<int>(H), static_cast<int>(D), static_cast<int>(F), static_cast<int>(bf16)});
+      states.push_back(b[9].data());
+    }
+    const int status = tirex_blocks_forward(blocks.data(), N, states.data(), nulls.data(), nulls.data(),
+                                            stream_a.data(), stream_b.data(), last.data(), norm.data(), scratch.data(),
+                                            B, T, E, kept, fresh, 0, 1e-5f, 2048, threads);
+    if (kept < T) write(last); else write(N % 2 == 0 ? stream_a : stream_b);
+    for (float* st : states) write(std::vector<float>(st, st + 4 * H * B * D));
+    return status;
   }
   std::fprintf(stderr, "unknown call %s with %zu arguments\n", fn.c_str(), a.size());
   return 2;

@@ -155,6 +155,8 @@ ARM_CALLS = [  # (function, integer arguments as tests/kernel_harness.cpp reads 
     ("slstm", (3, 9, 6, 64, 0, 0, 0, 1)),   # continued from a state, float32 (the 4 x 64 register blocks elsewhere)
     ("slstm", (1, 2, 5, 40, 0, 1, 1, 1)),
     ("rms_norm", (10, 64, 2, 0)), ("rms_norm", (33, 96, 1, 1)), ("silu_mul", (7, 100)),
+    ("blocks", (3, 2, 3, 5, 16, 48, 1, 1, 1, 2)),  # every block in one call, the last one on the last token
+    ("blocks", (2, 2, 2, 4, 8, 40, 4, 0, 0, 1)),   # continued from states, float32 recurrence
 ]
 
 
@@ -173,6 +175,15 @@ def _harness_input(fn, args, rng):
     elif fn == "rms_norm":
         rows, dim, _, _ = args
         parts = [normal(rows, dim) * 3, normal(dim)]
+    elif fn == "blocks":
+        blocks, h, b, t, d, f = args[:6]
+        e = h * d
+        parts = [normal(b, t, e)]
+        for _ in range(blocks):
+            state = np.stack([normal(h, b, d), normal(h, b, d), np.abs(normal(h, b, d)) + 0.5, normal(h, b, d)])
+            parts += [1 + 0.1 * normal(e), normal(h, d, 4 * d) * d**-0.5, normal(h, d, 4 * d) * (0.5 / d**0.5),
+                      normal(h, 4 * d), 0.1 * normal(e), 1 + 0.1 * normal(e), normal(e, f) * e**-0.5,
+                      normal(e, f) * e**-0.5, normal(f, e) * f**-0.5, state.ravel()]
     else:
         rows, hidden = args
         parts = [normal(rows, hidden) * 4, normal(rows, hidden)]
@@ -191,7 +202,7 @@ def test_portable_level_on_arm_gives_the_same_bits(tmp_path):
     """The portable level compiled for 64-bit ARM (the code ARM servers and Apple silicon run) and run under
     qemu-user gives, call for call, the bits the portable level gives on this machine, which every level here
     gives too (tests above): weight matmuls of every epilogue and thread count, the recurrence (bfloat16 and
-    float32, fresh and continued, with the fused group norm), RMSNorm, SwiGLU. Needs g++-aarch64-linux-gnu and
+    float32, fresh and continued, with the fused group norm), RMSNorm, SwiGLU, all blocks in one call. Needs g++-aarch64-linux-gnu and
     qemu-user (``.ci/run`` installs them when it can)."""
     cxx, qemu = shutil.which("aarch64-linux-gnu-g++"), shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
     if cxx is None or qemu is None or cpu_kernel._compiler() is None:
