@@ -42,6 +42,7 @@ def compiled_forward(model: nn.Module) -> "CompiledForward | None":
     if cached is not None and cached[0].unchanged(dispatch):
         return cached[1]
     with _prepare_lock:  # one preparation at a time (the layout change below moves weights)
+        inference.return_large_blocks_to_the_os()  # the allocator settings the layer-by-layer path applies too
         inference.use_matmul_layout_(model)
         watch = _Watch(model, dispatch)
         _prepared[model] = (watch, CompiledForward.prepare(model, dispatch))
