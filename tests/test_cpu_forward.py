@@ -116,6 +116,10 @@ def test_the_prepared_forward_follows_every_change_of_the_model(restore_dispatch
     check(True)
     model.load_state_dict({k: v * 0.9 for k, v in model.state_dict().items()})
     check(True)
+    model.blocks.append(type(model.blocks[0])(model.config.embed_dim, model.config.num_heads,
+                                               model.config.ffn_dim, model.config.recurrence_dtype))
+    assert len(cpu_forward.compiled_forward(model).blocks) == 4
+    check(True)
     model.set_recurrence_dtype("float32")
     check(True)
     model.set_backend("torch")  # the torch loop: nothing prepared
@@ -126,6 +130,19 @@ def test_the_prepared_forward_follows_every_change_of_the_model(restore_dispatch
     check(False)
     cpu_kernel.reset()
     check(True)
+
+
+def test_a_prepared_forward_does_not_keep_its_model_alive():
+    model = _model()
+    with torch.no_grad():
+        model(torch.randn(1, 4, 2 * model.config.patch_size))
+    assert model in cpu_forward._prepared
+    entries = len(cpu_forward._prepared)
+    del model
+    import gc
+
+    gc.collect()
+    assert len(cpu_forward._prepared) == entries - 1
 
 
 @kernels

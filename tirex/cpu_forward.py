@@ -65,7 +65,8 @@ class _Watch:
     def __init__(self, model: nn.Module, dispatch) -> None:
         modules = [m for m in model.modules() if m is not model]
         # (dict, name) of every child module and parameter: the objects found there must stay the same
-        self._slots = [(d, name) for m in (model, *modules) for d in (m._modules, m._parameters) for name in d]
+        self._dicts = [d for m in (model, *modules) for d in (m._modules, m._parameters)]
+        self._slots = [(d, name) for d in self._dicts for name in d]
         self._held = [d[name] for d, name in self._slots]
         self._params = [p for p in self._held if isinstance(p, nn.Parameter)]
         self._hookable = modules  # the model's own hooks run anyway
@@ -80,6 +81,7 @@ class _Watch:
             return None
         hooked = [m for m in self._hookable if m._forward_hooks or m._forward_pre_hooks]
         return (id(dispatch), backends.default_backend(), _global_hooks(), bool(hooked), found,
+                [len(d) for d in self._dicts],  # one added (a block appended to the list, say)
                 [(p._version, p.data_ptr()) for p in self._params],
                 [(m.matmul_dtype, m.recurrence_dtype, m.backend) for m in self._layers],
                 [m.eps for m in self._norms])
