@@ -247,3 +247,36 @@ def test_fast_mode_and_float64_weights_are_not_prepared(restore_dispatch):
     with torch.no_grad():
         assert cpu_forward.compiled_forward(model) is not None
         assert cpu_forward.compiled_forward(_model().double()) is None
+
+
+@kernels
+def test_threads_preparing_at_once_get_the_results_of_one_after_another():
+    """Several threads meet a model that is not prepared yet (each may prepare it) and forward at once."""
+    import copy
+    import threading
+
+    model = _model()
+    batches = [torch.randn(n, 6, 2 * model.config.patch_size) for n in (1, 3, 5, 2)] * 2
+    with torch.no_grad():
+        expected = [_layer_by_layer(model, tokens, last_tokens=1)[0] for tokens in batches]
+    fresh = copy.deepcopy(model)  # never prepared
+    results, errors = [None] * len(batches), []
+    start = threading.Barrier(len(batches))
+
+    def work(i):
+        try:
+            start.wait()
+            with torch.no_grad():
+                results[i] = fresh(batches[i], last_tokens=1)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(batches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert cpu_forward.compiled_forward(fresh) is not None
+    for got, want in zip(results, expected):
+        assert torch.equal(got, want)
