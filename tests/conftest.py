@@ -38,3 +38,27 @@ def tiny_model(num_blocks: int = 2, noise: float = 0.05, seed: int = 0):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * noise)
     return model
+
+
+def run_at_once(calls):
+    """Run each of ``calls`` (no-argument callables) in a thread of its own, all released together by a
+    barrier; their results in order. Fails with every exception a thread raised."""
+    import threading
+
+    results, errors = [None] * len(calls), []
+    start = threading.Barrier(len(calls))
+
+    def work(i):
+        try:
+            start.wait()
+            results[i] = calls[i]()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return results

@@ -6,13 +6,13 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import run_at_once
 from tirex import ModelConfig, TiRexModel, cpu_kernel, load_model
 
 RUNNABLE = cpu_kernel.runnable_levels()
@@ -434,24 +434,8 @@ def test_concurrent_forecasts_equal_sequential_ones(matmuls, restore_dispatch):
     torch.set_num_threads(2)
     try:
         sequential = [model.forecast(s, prediction_length=h, output_type="torch")[0] for s, h in jobs]
-        results = [None] * (2 * len(jobs))
-        errors = []
-        start = threading.Barrier(len(results))
-
-        def work(i):
-            try:
-                start.wait()
-                s, h = jobs[i % len(jobs)]
-                results[i] = model.forecast(s, prediction_length=h, output_type="torch")[0]
-            except Exception as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(results))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
+        results = run_at_once([lambda s=s, h=h: model.forecast(s, prediction_length=h, output_type="torch")[0]
+                               for s, h in jobs * 2])
         assert torch.get_num_threads() == 2
         for i, q in enumerate(results):
             assert torch.equal(q, sequential[i % len(jobs)]), i

@@ -10,6 +10,7 @@ from torch import nn
 from tirex import ModelConfig, TiRexModel, cpu_forward, cpu_kernel
 from tirex.inference import ROWS_PER_CHUNK
 
+from conftest import run_at_once
 from test_cpu_dispatch import LEVEL_PARAMS
 
 kernels = pytest.mark.skipif(cpu_kernel.load() is None, reason=f"CPU kernel unavailable: {cpu_kernel.error()}")
@@ -253,30 +254,18 @@ def test_fast_mode_and_float64_weights_are_not_prepared(restore_dispatch):
 def test_threads_preparing_at_once_get_the_results_of_one_after_another():
     """Several threads meet a model that is not prepared yet (each may prepare it) and forward at once."""
     import copy
-    import threading
 
     model = _model()
     batches = [torch.randn(n, 6, 2 * model.config.patch_size) for n in (1, 3, 5, 2)] * 2
     with torch.no_grad():
         expected = [_layer_by_layer(model, tokens, last_tokens=1)[0] for tokens in batches]
     fresh = copy.deepcopy(model)  # never prepared
-    results, errors = [None] * len(batches), []
-    start = threading.Barrier(len(batches))
 
-    def work(i):
-        try:
-            start.wait()
-            with torch.no_grad():
-                results[i] = fresh(batches[i], last_tokens=1)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+    def forward(tokens):
+        with torch.no_grad():
+            return fresh(tokens, last_tokens=1)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(batches))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    results = run_at_once([lambda t=t: forward(t) for t in batches])
     assert cpu_forward.compiled_forward(fresh) is not None
     for got, want in zip(results, expected):
         assert torch.equal(got, want)

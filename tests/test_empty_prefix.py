@@ -13,6 +13,7 @@ from tirex.forecast import plan_batches
 from tirex.model import empty_prefix_length
 from tirex.scaling import fit_scale, patch_tokens, window
 
+from conftest import run_at_once
 from test_cpu_dispatch import LEVEL_PARAMS
 from test_cpu_dispatch import _model as _dispatch_model
 
@@ -200,30 +201,15 @@ def test_a_stream_starts_after_the_shared_empty_tokens():
 
 
 def test_threads_filling_the_cache_at_once_get_the_sequential_results():
-    import threading
-
     rng = np.random.default_rng(5)
     jobs = [[rng.normal(size=int(n)).cumsum() for n in rng.integers(5, 300, size=int(k))] for k in rng.integers(1, 5, 12)]
     reference = _model()
     sequential = [reference.forecast(s, prediction_length=40, output_type="torch")[0] for s in jobs]
     model = _model()  # the same weights, an empty cache that the threads fill concurrently
-    results, errors = [None] * len(jobs), []
-    start = threading.Barrier(4)
-
-    def work(k):
-        try:
-            start.wait()
-            for i in range(k, len(jobs), 4):
-                results[i] = model.forecast(jobs[i], prediction_length=40, output_type="torch")[0]
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    # four threads, each forecasting every fourth job in turn
+    strides = run_at_once([lambda k=k: [model.forecast(jobs[i], prediction_length=40, output_type="torch")[0]
+                                        for i in range(k, len(jobs), 4)] for k in range(4)])
+    results = [strides[i % 4][i // 4] for i in range(len(jobs))]
     for q, expected in zip(results, sequential):
         _assert_matches(model, q, expected)
 
