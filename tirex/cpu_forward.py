@@ -45,7 +45,8 @@ def compiled_forward(model: nn.Module) -> "CompiledForward | None":
         inference.return_large_blocks_to_the_os()  # the allocator settings the layer-by-layer path applies too
         inference.use_matmul_layout_(model)
         watch = _Watch(model, dispatch)
-        _prepared[model] = (watch, CompiledForward.prepare(model, dispatch))
+        # forward hooks on a submodule run only layer by layer
+        _prepared[model] = (watch, None if watch.hooked() else CompiledForward.prepare(model, dispatch))
     return _prepared[model][1]
 
 
@@ -59,10 +60,11 @@ class _Watch:
     """What a prepared forward depends on: the kernels, the default sLSTM backend, forward hooks, and for
     the model and every submodule its children and parameters (object, in-place version, memory), the
     settings of its sLSTM layers and the norms' eps. Recorded when it is prepared, compared on every call;
-    it holds the submodules and parameters, so their ids cannot be reused meanwhile (the model is not held:
-    its id is ``_prepared``'s key)."""
+    it holds the dispatch, submodules and parameters, so their ids cannot be reused meanwhile (the model is
+    not held: its id is ``_prepared``'s key)."""
 
     def __init__(self, model: nn.Module, dispatch) -> None:
+        self._dispatch = dispatch
         modules = [m for m in model.modules() if m is not model]
         # (dict, name) of every child module and parameter: the objects found there must stay the same
         self._dicts = [d for m in (model, *modules) for d in (m._modules, m._parameters)]
@@ -79,8 +81,7 @@ class _Watch:
             found = [id(d[name]) for d, name in self._slots]
         except KeyError:  # a module or parameter was deleted
             return None
-        hooked = [m for m in self._hookable if m._forward_hooks or m._forward_pre_hooks]
-        return (id(dispatch), backends.default_backend(), _global_hooks(), bool(hooked), found,
+        return (id(dispatch), backends.default_backend(), self.hooked(), found,
                 [len(d) for d in self._dicts],  # one added (a block appended to the list, say)
                 [(p._version, p.data_ptr()) for p in self._params],
                 [(m.matmul_dtype, m.recurrence_dtype, m.backend) for m in self._layers],
@@ -89,18 +90,15 @@ class _Watch:
     def unchanged(self, dispatch) -> bool:
         return self._now(dispatch) == self._state
 
+    def hooked(self) -> bool:
+        """Whether a forward hook would run inside the model's forward (its own run in any case)."""
+        return _global_hooks() or bool([m for m in self._hookable if m._forward_hooks or m._forward_pre_hooks])
+
 
 def _global_hooks() -> bool:
     """Whether forward hooks for every module are registered (``nn.modules.module.register_module_forward_hook``)."""
     return bool(getattr(torch_module, "_global_forward_hooks", None) or
                 getattr(torch_module, "_global_forward_pre_hooks", None))
-
-
-def _hooked(model: nn.Module) -> bool:
-    """Whether a forward hook would run inside the model's forward (its own run in any case)."""
-    if _global_hooks():
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules() if m is not model)
 
 
 class _Linear:
@@ -195,7 +193,7 @@ class CompiledForward:
     docstring). Immutable once prepared; temporaries come from the calling thread's ``inference.workspace``."""
 
     def __init__(self, model: nn.Module, dispatch) -> None:
-        self.dispatch, self.lib = dispatch, dispatch.library
+        self.lib = dispatch.library
         self._keep: list[torch.Tensor] = []
         self.embedding = _Residual(model.patch_embedding, self._keep)
         self.blocks = [_Block(b, self.lib, self._keep) for b in model.blocks]
@@ -213,8 +211,6 @@ class CompiledForward:
         if dispatch.library is None or dispatch.matmuls != "compiled":
             return None
         if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
-            return None
-        if _hooked(model):
             return None
         try:
             with torch.no_grad():
