@@ -202,8 +202,8 @@ def test_portable_level_on_arm_gives_the_same_bits(tmp_path):
     """The portable level compiled for 64-bit ARM (the code ARM servers and Apple silicon run) and run under
     qemu-user gives, call for call, the bits the portable level gives on this machine, which every level here
     gives too (tests above): weight matmuls of every epilogue and thread count, the recurrence (bfloat16 and
-    float32, fresh and continued, with the fused group norm), RMSNorm, SwiGLU, all blocks in one call. Needs g++-aarch64-linux-gnu and
-    qemu-user (``.ci/run`` installs them when it can)."""
+    float32, fresh and continued, with the fused group norm), RMSNorm, SwiGLU, all blocks in one call. Needs
+    g++-aarch64-linux-gnu and qemu-user (``.ci/run`` installs them when it can)."""
     cxx, qemu = shutil.which("aarch64-linux-gnu-g++"), shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
     if cxx is None or qemu is None or cpu_kernel._compiler() is None:
         pytest.skip("needs aarch64-linux-gnu-g++ and qemu-aarch64 (apt install g++-aarch64-linux-gnu qemu-user)")

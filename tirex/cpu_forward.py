@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.modules import module as torch_module
 
 from . import backends, inference
-from .inference import GEMM_ACCUMULATE, GEMM_RELU, GEMM_STORE, ROWS_PER_CHUNK
+from .inference import ROWS_PER_CHUNK
 from .layers import GatedFeedForward, ResidualBlock, RMSNorm
 from .slstm import GROUP_NORM_EPS, SLSTMBlock, SLSTMLayer, SLSTMState, kernel_recurrent_operands, kernel_states
 
@@ -270,14 +270,10 @@ class CompiledForward:
 
     def _residual(self, block: _Residual, u: torch.Tensor, out: torch.Tensor, threads: int) -> None:
         """out = block(u) for contiguous (rows, in) u and (rows, out) out (``inference.residual_block``)."""
-        lib, k, o, hd = self.lib, block.hidden.in_features, block.output.out_features, block.hidden.out_features
+        k, o, hd = block.hidden.in_features, block.output.out_features, block.hidden.out_features
+        weights = [(layer.weight, layer.bias) for layer in (block.hidden, block.residual, block.output)]
         for start in range(0, u.shape[0], ROWS_PER_CHUNK):
             n = min(ROWS_PER_CHUNK, u.shape[0] - start)
-            x, dst = u.data_ptr() + start * k * FLOAT_BYTES, out.data_ptr() + start * o * FLOAT_BYTES
-            hidden = inference.buffer("scratch", (n, hd))
-            lib.tirex_gemm(x, k, block.hidden.weight, None, hd, block.hidden.bias, hidden.data_ptr(), hd, n, hd, k,
-                           GEMM_RELU, threads)
-            lib.tirex_gemm(x, k, block.residual.weight, None, o, block.residual.bias, dst, o, n, o, k, GEMM_STORE,
-                           threads)
-            lib.tirex_gemm(hidden.data_ptr(), hd, block.output.weight, None, o, block.output.bias, dst, o, n, o, hd,
-                           GEMM_ACCUMULATE, threads)
+            inference.residual_gemms(self.lib, u.data_ptr() + start * k * FLOAT_BYTES,
+                                     out.data_ptr() + start * o * FLOAT_BYTES,
+                                     inference.buffer("scratch", (n, hd)).data_ptr(), n, weights, threads, k, hd, o)

@@ -231,11 +231,9 @@ def rms_norm(
     lib = compiled_kernels(x)
     dim = x.shape[-1]
     rows = x.numel() // dim
-    if not plain(norm, RMSNorm):
-        out = norm(x).to(out_dtype)
-        return out if heads == 1 else out.reshape(rows, heads, dim // heads).transpose(0, 1).contiguous()
-    if lib is None or out_dtype not in (torch.float32, torch.bfloat16):
-        out = F.rms_norm(x, (dim,), norm.weight, norm.eps).to(out_dtype)
+    plain_norm = plain(norm, RMSNorm)  # else a wrapped norm: its own forward
+    if not plain_norm or lib is None or out_dtype not in (torch.float32, torch.bfloat16):
+        out = (F.rms_norm(x, (dim,), norm.weight, norm.eps) if plain_norm else norm(x)).to(out_dtype)
         return out if heads == 1 else out.reshape(rows, heads, dim // heads).transpose(0, 1).contiguous()
     x = x.contiguous()
     shape = tuple(x.shape) if heads == 1 else (heads, rows, dim // heads)
@@ -297,15 +295,29 @@ def residual_block(u: torch.Tensor, block: nn.Module, dtype: torch.dtype) -> tor
     gemm = cpu32 and gemm_applies(lib, block.hidden, block.output, block.residual)
     for rows, dst in zip(flat.split(ROWS_PER_CHUNK), out.split(ROWS_PER_CHUNK)):
         hidden = buffer("scratch", (rows.shape[0], block.hidden.out_features)) if cpu32 else None
-        if gemm:  # dst = W_r u + b_r, then dst += W_o relu(W_h u + b_h) + b_o
+        if gemm:
             rows = rows.contiguous()
-            gemm_(lib, rows, block.hidden.weight, hidden, GEMM_RELU, bias=block.hidden.bias)
-            gemm_(lib, rows, block.residual.weight, dst, GEMM_STORE, bias=block.residual.bias)
-            gemm_(lib, hidden, block.output.weight, dst, GEMM_ACCUMULATE, bias=block.output.bias)
+            weights = [(layer.weight.data_ptr(), None if layer.bias is None else layer.bias.data_ptr())
+                       for layer in (block.hidden, block.residual, block.output)]
+            residual_gemms(lib, rows.data_ptr(), dst.data_ptr(), hidden.data_ptr(), rows.shape[0], weights,
+                           kernel_threads(), block.hidden.in_features, block.hidden.out_features,
+                           block.output.out_features)
             continue
         hidden = F.relu(linear(rows, block.hidden, dtype, out=hidden), inplace=True)
         torch.add(linear(hidden, block.output, dtype), linear(rows, block.residual, dtype), out=dst)
     return out.view(*u.shape[:-1], -1)
+
+
+def residual_gemms(lib, x: int, dst: int, hidden: int, rows: int, weights, threads: int, k: int, hd: int,
+                   o: int) -> None:
+    """A ``ResidualBlock`` on the compiled matmuls, at raw addresses of contiguous float32 rows: dst (rows, o)
+    = W_r x + b_r, then dst += W_o relu(W_h x + b_h) + b_o, with x (rows, k) and hidden (rows, hd) scratch.
+    ``weights``: the (weight, bias) addresses of the hidden, residual and output layers, weights stored as
+    ``use_matmul_layout_`` leaves them."""
+    (hw, hb), (rw, rb), (ow, ob) = weights
+    lib.tirex_gemm(x, k, hw, None, hd, hb, hidden, hd, rows, hd, k, GEMM_RELU, threads)
+    lib.tirex_gemm(x, k, rw, None, o, rb, dst, o, rows, o, k, GEMM_STORE, threads)
+    lib.tirex_gemm(hidden, hd, ow, None, o, ob, dst, o, rows, o, hd, GEMM_ACCUMULATE, threads)
 
 
 # -- the compiled weight matmuls (tirex_gemm in the CPU kernel) ------------------------------------------
