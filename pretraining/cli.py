@@ -41,7 +41,7 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--devices", type=_devices, help="number of devices, a list like 0,1, or auto (Lightning)")
     p.add_argument("--strategy", help="auto, ddp, fsdp, ... (Lightning)")
     p.add_argument("--num-nodes", type=int, help="nodes for multi-node DDP/FSDP (Lightning)")
-    p.add_argument("--precision", help="32-true, bf16-mixed, ... (default: bf16-mixed on GPU, 32-true on CPU)")
+    p.add_argument("--precision", help="32-true, bf16-mixed or 16-mixed (weights stay float32; default: bf16-mixed on GPU, 32-true on CPU)")
     p.add_argument("--batch-size", type=int, help="override data.batch_size (per device)")
     p.add_argument("--num-workers", type=int, help="override data.num_workers")
     p.add_argument("--num-threads", type=int, help="torch CPU threads (default on CPU: 1 on machines with up to 4 "

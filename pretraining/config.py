@@ -155,6 +155,9 @@ class OptimConfig:
             raise ConfigError("optim: need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1 and two betas")
 
 
+PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16")  # Lightning's, with float32 weights
+
+
 @dataclass
 class TrainerConfig:
     max_steps: int = 1000
@@ -181,6 +184,13 @@ class TrainerConfig:
             raise ConfigError("trainer: num_nodes and accumulate_grad_batches must be >= 1")
         if self.slstm_backend not in ("auto", "torch", "cpu", "cuda"):
             raise ConfigError(f"trainer.slstm_backend must be auto, torch, cpu or cuda, got {self.slstm_backend!r}")
+        if self.precision is not None:
+            self.precision = str(self.precision)  # YAML may give 32 or 16 as numbers
+            if self.precision not in PRECISIONS:
+                raise ConfigError(
+                    f"trainer.precision must be one of {PRECISIONS}, got {self.precision!r}: TiRex keeps its weights in "
+                    "float32 (the '*-true' precisions other than 32 convert them); use 'bf16-mixed' for bfloat16"
+                )
 
 
 @dataclass

@@ -197,6 +197,8 @@ def test_unusable_series_are_dropped_when_others_remain(tmp_path, good_corpus):
     ({"data": {"sources": [{"type": "tsmixup"}]}}, "at least one real source"),
     ({"data": {"sources": [{"type": "chronos"}]}}, "needs a path"),
     ({"data": {"cpm": {"max_run_patches": 99}}}, "shorter than the context"),
+    ({"trainer": {"precision": "64-true"}}, "precision must be one of"),
+    ({"trainer": {"precision": "bf16-true"}}, "keeps its weights in float32"),
 ])
 def test_bad_configs_are_rejected(tmp_path, change, message):
     cfg = small_config(tmp_path)
@@ -209,6 +211,15 @@ def test_bad_configs_are_rejected(tmp_path, change, message):
             cfg[section] = values
     with pytest.raises(ConfigError, match=message):
         train(cfg, tmp_path / "run", progress_bar=False)
+
+
+def test_precision_as_a_yaml_number_is_read_as_lightnings_string(tmp_path):
+    cfg = small_config(tmp_path)
+    cfg["trainer"]["precision"] = 32
+    assert load_config(cfg).trainer.precision == "32"
+    cfg["trainer"]["precision"] = 64
+    with pytest.raises(ConfigError, match="'32-true', '32', 'bf16-mixed'"):
+        load_config(cfg)
 
 
 def test_unknown_yaml_key_is_rejected(tmp_path):

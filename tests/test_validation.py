@@ -16,8 +16,11 @@ from tirex.validation import (
     check_prediction_length,
     check_quantile_levels,
     check_update,
+    check_tokens,
     to_series_list,
 )
+
+from conftest import tiny_model
 
 
 # ------------------------------------------------------------------------------------------ arrays, lists
@@ -235,6 +238,60 @@ def test_a_file_that_is_not_comma_separated_gets_a_hint(tmp_path):
         one_column = pd.DataFrame({"timestamp|target": ["2024-01-01|1"]})
     with pytest.raises(InputError, match="separated by something other than commas"):
         to_long(one_column.rename(columns={"timestamp|target": "when;value"}))
+
+
+# ------------------------------------------------------------------------------------------- model inputs
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_a_model_converted_from_float32_is_a_clear_error(dtype):
+    """model.double() / .half() / .to(bfloat16) used to fail deep inside torch (a dtype mismatch in a matmul)."""
+    model = tiny_model()
+    series = torch.sin(torch.arange(100.0) / 5)
+    expected = model.forecast(series, 12)
+    model.to(dtype)
+    tokens = torch.zeros(2, 3, 16)
+    for call in (lambda: model.forecast(series, 12), lambda: model(tokens), lambda: model.stream(series)):
+        with pytest.raises(ValueError, match=rf"computes in float32, but parameter 'patch_embedding.hidden.weight' is {dtype}"):
+            call()
+    with torch.no_grad(), pytest.raises(ValueError, match="call model.float()"):
+        model(tokens)
+    with torch.enable_grad(), pytest.raises(ValueError, match="call model.float()"):
+        model(tokens)
+    model.float()  # back: forecasts again (converting float32 -> dtype -> float32 rounds the weights)
+    assert model.forecast(series, 12)[0].shape == expected[0].shape
+
+
+def test_forward_tokens_are_checked_and_other_real_dtypes_converted():
+    model = tiny_model()
+    tokens = torch.randn(3, 4, 16)
+    tokens[..., 8:] = 1.0  # masks
+    with torch.no_grad():
+        expected = model(tokens)
+        for dtype in (torch.float64, torch.float16, torch.int32):
+            converted = tokens.to(dtype)
+            assert torch.equal(model(converted), model(converted.float())), dtype
+        assert torch.equal(model(tokens.double()), expected)
+    bad = [
+        ("not a tensor", TypeError, "must be a torch.Tensor"),
+        (tokens.numpy(), TypeError, "must be a torch.Tensor"),
+        (tokens.to(torch.complex64), TypeError, "real numbers"),
+        (tokens > 0, TypeError, "real numbers"),
+        (tokens[0], ValueError, r"shape \(batch >= 1, tokens >= 1, 16\).*got \(4, 16\)"),
+        (tokens[..., :8], ValueError, r"got \(3, 4, 8\)"),
+        (tokens[:, :0], ValueError, r"got \(3, 0, 16\)"),
+        (tokens[:0], ValueError, r"got \(0, 4, 16\)"),
+        (torch.empty(3, 4, 16, device="meta"), ValueError, "tokens are on meta but the model is on cpu"),
+    ]
+    for value, error, match in bad:
+        for grad in (False, True):
+            with torch.set_grad_enabled(grad), pytest.raises(error, match=match):
+                model(value)
+    for value in (float("nan"), float("inf"), -float("inf")):
+        broken = tokens.clone()
+        broken[1, 2, 3] = value
+        with pytest.raises(ValueError, match="tokens hold NaN or inf"):
+            model(broken)
+    huge = torch.full((3, 4, 16), 3e38)  # finite, but its float32 sum overflows: the exact check decides
+    assert check_tokens(huge, 8, torch.device("cpu")) is huge
 
 
 def test_readme_bad_input_table_is_covered_by_tests():

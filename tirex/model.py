@@ -14,6 +14,7 @@ from .backends import check_backend
 from .layers import ResidualBlock, RMSNorm
 from .scaling import fit_scale, patch_tokens, window
 from .slstm import SLSTMBlock, SLSTMState
+from .validation import check_float32_model, check_tokens
 
 
 STACKED_ROWS = 128  # rollout passes are stacked along the batch up to this many series per forward
@@ -75,7 +76,9 @@ class TiRexModel(nn.Module):
         """Scaled quantiles of the patch after each token.
 
         Args:
-            tokens: (batch, tokens, 2 * patch_size) from ``patch_tokens``.
+            tokens: (batch, tokens, 2 * patch_size) from ``patch_tokens``, on the model's device (another real
+                dtype is converted to float32; other shapes, NaN / inf, a model converted from float32 are
+                clear errors: ``tirex.validation.check_tokens`` / ``check_float32_model``).
             states: per-block starting states (a continued stream), or None for a fresh sequence.
             last_tokens: apply the quantile head to the last ``last_tokens`` tokens only (None = all).
             return_hidden: return the output of every block instead of quantiles (no head; see
@@ -88,11 +91,13 @@ class TiRexModel(nn.Module):
         """
         if snapshot_at is not None and return_hidden:
             raise ValueError("snapshot_at does not combine with return_hidden")
+        tokens = check_tokens(tokens, self.config.patch_size, next(self.parameters()).device)
         fast = not torch.is_grad_enabled()  # no-grad: chunked, in-place feed-forward parts (tirex.inference)
         plan = cpu_forward.compiled_forward(self) if fast and tokens.device.type == "cpu" else None
         if plan is not None and plan.takes(tokens, last_tokens):
             out, new_states, snapshots = plan(tokens, states, last_tokens, return_hidden, snapshot_at)
-        else:
+        else:  # (a prepared forward exists only for float32 weights)
+            check_float32_model(self)
             out, new_states, snapshots = self._forward_layers(tokens, states, last_tokens, return_hidden, snapshot_at)
         if return_hidden:
             return out

@@ -10,6 +10,8 @@ the model) only ever sees its output. The layer has two modules:
     - ``to_series_list(context)``: a tensor, an array or a (ragged) list, also a JSON list with ``None``
       for missing values -> list of 1-D float64 tensors, NaN = missing.
     - ``check_update(values, batch)``: new observations for a ``Stream``.
+- model inputs: ``check_tokens`` (what ``TiRexModel.forward`` takes) and ``check_float32_model`` (a
+  model converted to another dtype), for code that calls the network directly.
 - ``tirex.io``: tables (pandas DataFrames and the rows of CSV / Parquet files, long or wide):
   ``read_table``, ``to_long`` / ``validate_table`` (-> validated long frame on a regular time grid), with
   the time axis from ``tirex.timestamps`` (``parse_timestamps``, ``future_timestamps``).
@@ -25,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from typing import Any
@@ -320,17 +323,69 @@ def check_update(values: Any, batch: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
+# ----------------------------------------------------------------------------------------- model inputs
+def check_float32_model(model: torch.nn.Module) -> None:
+    """TiRex computes in float32 (the checkpoint's and the reference's dtype): a model whose floating-point
+    parameters were converted (``model.double()``, ``.half()``, ``.to(torch.bfloat16)``, a Lightning
+    ``*-true`` precision other than 32) is a ``ValueError`` naming the first such parameter and the fix,
+    instead of a dtype mismatch deep inside torch. Integer tensors (e.g. a quantised layer's) pass."""
+    # a walk over each module's own parameter dict: a third of model.parameters()' cost (it runs in every
+    # forward that was not prepared, also a stream's one-patch updates)
+    modules, converted = [model], False
+    while modules and not converted:
+        module = modules.pop()
+        converted = any(p is not None and p.dtype != torch.float32 and p.is_floating_point()
+                        for p in module._parameters.values())
+        modules.extend(m for m in module._modules.values() if m is not None)
+    if not converted:
+        return
+    name, param = next((n, p) for n, p in model.named_parameters() if p.is_floating_point() and p.dtype != torch.float32)
+    raise ValueError(
+        f"TiRex computes in float32, but parameter {name!r} is {param.dtype} (was the model converted with "
+        ".double(), .half() or .to(dtype)?); call model.float(). For bfloat16 matmuls use "
+        "model.set_fast_mode(True); to train in reduced precision, a mixed precision (bf16-mixed)"
+    )
+
+
+def check_tokens(tokens: Any, patch_size: int, device: torch.device) -> torch.Tensor:
+    """``TiRexModel.forward``'s tokens: a (batch, tokens, 2 * patch_size) real tensor of finite values on the
+    model's device (``tirex.scaling.patch_tokens`` builds them), returned as float32 (other real dtypes
+    are converted); anything else is a ``TypeError`` / ``ValueError`` saying what was expected."""
+    if not isinstance(tokens, torch.Tensor):
+        raise TypeError(f"tokens must be a torch.Tensor (from tirex.scaling.patch_tokens), got {type(tokens).__name__}")
+    if tokens.is_complex() or tokens.dtype == torch.bool:
+        raise TypeError(f"tokens must hold real numbers, got dtype {tokens.dtype}")
+    width = 2 * patch_size
+    if tokens.dim() != 3 or tokens.shape[2] != width or tokens.shape[0] == 0 or tokens.shape[1] == 0:
+        raise ValueError(
+            f"tokens must have shape (batch >= 1, tokens >= 1, {width}) (a patch of {patch_size} values and its "
+            f"mask, from tirex.scaling.patch_tokens), got {tuple(tokens.shape)}"
+        )
+    if tokens.device != device:
+        raise ValueError(f"tokens are on {tokens.device} but the model is on {device}; move one of them (.to())")
+    if tokens.dtype != torch.float32:
+        tokens = tokens.float()
+    # one cheap sum first (its NaN / inf also come from huge finite values: then the exact check decides)
+    if not math.isfinite(float(tokens.detach().sum())) and not bool(torch.isfinite(tokens).all()):
+        raise ValueError(
+            "tokens hold NaN or inf; missing values are a 0 with mask 0 (tirex.scaling.patch_tokens builds them so)"
+        )
+    return tokens
+
+
 __all__ = [
     "MAX_PREDICTION_LENGTH",
     "InputError",
     "InputTypeError",
     "as_float_array",
     "check_device",
+    "check_float32_model",
     "check_max_masked_fraction",
     "check_output_type",
     "check_positive_int",
     "check_prediction_length",
     "check_quantile_levels",
+    "check_tokens",
     "check_update",
     "to_series_list",
 ]
