@@ -6,6 +6,8 @@ import os
 
 import torch
 
+from tirex.cpus import cpu_budget
+
 SMALL_MACHINE_CPUS = 4  # at most this many logical CPUs: train on one thread unless told otherwise
 
 
@@ -13,11 +15,11 @@ def training_threads(requested: int | None = None, on_cpu: bool = True) -> int:
     """Torch intra-op threads for a training run.
 
     ``requested`` (``--num-threads``, ``trainer.num_threads``) wins. On a GPU run, torch's default.
-    On CPU: one thread on machines with at most 4 logical CPUs; elsewhere the CPUs that are not
-    already busy (``os.cpu_count()`` minus the 1-minute load average, at least 1), at most torch's
-    default. Why: torch's threads meet at a barrier in every operation, so a step runs at the pace
-    of its slowest thread; when another process holds one of the cores, that thread is descheduled
-    and every step waits for it. On a 2-core machine running one other job, ``tirex pretrain --config
+    On CPU: one thread where this process may use at most 4 CPUs; elsewhere the CPUs that are not
+    already busy (the CPUs it may use - its affinity mask and a container's CPU quota, ``tirex.cpus`` -
+    minus the 1-minute load average, at least 1), at most torch's default. Why: torch's threads meet at
+    a barrier in every operation, so a step runs at the pace of its slowest thread; when another
+    process holds one of the cores, that thread is descheduled and every step waits for it. On a 2-core machine running one other job, ``tirex pretrain --config
     tiny_cpu`` took about 9 minutes for 300 steps with torch's two threads and 14 s with one.
     """
     if requested:
@@ -25,7 +27,7 @@ def training_threads(requested: int | None = None, on_cpu: bool = True) -> int:
     default = torch.get_num_threads()
     if not on_cpu:
         return default
-    cpus = os.cpu_count() or 1
+    cpus = cpu_budget().cpus
     if cpus <= SMALL_MACHINE_CPUS:
         return 1
     try:

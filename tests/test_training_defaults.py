@@ -14,21 +14,27 @@ import lightning as L  # noqa: E402
 from test_pretraining_train import losses, tiny_config, write_chronos_corpus  # noqa: E402
 from tirex import ModelConfig, TiRexModel  # noqa: E402
 from tirex.cli import main  # noqa: E402
+from tirex.cpus import CpuBudget  # noqa: E402
 from tirex_pretraining import threads, train  # noqa: E402
 from tirex_pretraining.threads import training_threads  # noqa: E402
 
 
 def test_thread_default_does_not_oversubscribe_a_busy_machine(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
-    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads, "cpu_budget", lambda: CpuBudget(2, 2, None, None))
     assert training_threads() == 1  # small machine: one thread, whatever the load
     assert training_threads(2) == 2  # an explicit request wins
-    monkeypatch.setattr(threads.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(threads, "cpu_budget", lambda: CpuBudget(16, 16, None, None))
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (10.2, 0.0, 0.0))
     assert training_threads() == 5  # 16 CPUs, about 10 busy
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (40.0, 0.0, 0.0))
     assert training_threads() == 1
     assert training_threads(on_cpu=False) == 16  # a GPU run keeps torch's default
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(threads, "cpu_budget", lambda: CpuBudget(3, 16, 3.5, "cpu.max"))
+    assert training_threads() == 1  # a container of 16 visible cores with a quota of 3.5 CPUs: a small machine
+    monkeypatch.setattr(threads, "cpu_budget", lambda: CpuBudget(8, 16, 8.0, "cpu.max"))
+    assert training_threads() == 8
 
 
 class RecordThreads(L.Callback):
@@ -44,7 +50,7 @@ def corpus(tmp_path_factory):
 
 
 def test_pretraining_uses_the_default_and_journals_each_step_once(corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads, "cpu_budget", lambda: CpuBudget(2, 2, None, None))
     import importlib
 
     train_module = importlib.import_module("tirex_pretraining.train")  # the package exports the function as .train

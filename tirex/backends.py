@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import torch
@@ -59,13 +60,15 @@ def _load_cpu_kernel():
 def backend_info(model=None) -> dict:
     """What runs where, and why: the CPU kernel level chosen from the CPU's flags (``tirex.cpu_kernel``),
     who does the weight matmuls and whether results are bitwise independent of the batch, the fast
-    mode, threads, and (given a model) its device and sLSTM backend setting.
+    mode, threads (torch's; the compiled kernels': at most the CPUs this process may use, ``tirex.cpus``),
+    and (given a model) its device and sLSTM backend setting.
 
     Example:
         >>> info = model.backend_info()
         >>> info["cpu"]["level"], info["cpu"]["matmuls"], info["cpu"]["why"]
     """
     from . import cpu_kernel, inference
+    from .cpus import cpu_budget
 
     dispatch = cpu_kernel.active()
     flags = cpu_kernel.cpu_flags()
@@ -90,6 +93,8 @@ def backend_info(model=None) -> dict:
                     "this CPU emulates bfloat16 matmuls: set_fast_mode(True) keeps the exact mode",
         },
         "threads": torch.get_num_threads(),
+        "kernel_threads": inference.kernel_threads(),
+        "cpus": dataclasses.asdict(cpu_budget()),  # what this process may use (affinity, container quota)
         "default_backend": _default_backend,
     }
     if model is not None:

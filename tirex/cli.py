@@ -11,6 +11,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from tirex.cpus import limit_torch_threads
 from tirex.distributed.cli import add_engine_options, path_or_uri
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -218,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     handler = {"forecast": cmd_forecast, "demo": cmd_demo}.get(args.command) or args.func
+    limit_torch_threads()  # a container's CPU quota, which torch's default ignores (tirex.cpus)
     try:
         return int(handler(args) or 0)
     except (ValueError, TypeError, OSError) as exc:  # bad data or options, missing files, no network

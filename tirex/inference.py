@@ -30,20 +30,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cpu_kernel
+from .cpus import capped_threads
 from .layers import GatedFeedForward, ResidualBlock, RMSNorm
 
 ROWS_PER_CHUNK = 2048  # few, large ops: smaller chunks lose more to thread synchronisation than they gain in cache
 
 
 def kernel_threads() -> int:
-    """Threads for the compiled kernels: torch's count (``torch.set_num_threads``), read, never changed.
+    """Threads for the compiled kernels: torch's count (``torch.set_num_threads``), read, never changed,
+    at most the CPUs this process may use (``tirex.cpus``: its affinity mask and a container's CPU quota,
+    which torch's default ignores; on a 1-CPU quota two threads made a batch-1 forecast 1.3x slower).
 
     The recurrence splits heads (and blocks of series) across threads that run every time step without
     meeting again, the matmuls split columns (each thread reads only its share of the weights), and
     their thread pool never waits for a worker that has not started (a worker the OS does not schedule
     in time costs nothing), so they gain from every core even at batch 1. Small jobs run on one thread
     inside the kernel. Results never depend on the count."""
-    return torch.get_num_threads()
+    return capped_threads(torch.get_num_threads())
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -240,7 +243,7 @@ def rms_norm(
     out = buffer(name, shape, out_dtype) if name else torch.empty(shape, dtype=out_dtype)
     weight = norm.weight.detach().float().contiguous()
     lib.tirex_rms_norm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), rows, dim, norm.eps,
-                       int(out_dtype == torch.bfloat16), heads, torch.get_num_threads())
+                       int(out_dtype == torch.bfloat16), heads, kernel_threads())
     return out
 
 
@@ -252,7 +255,7 @@ def ffn_residual_(h: torch.Tensor, norm: nn.Module, ffn: nn.Module, dtype: torch
             rows.add_(ffn(norm(rows)).float())
         return h
     lib = compiled_kernels(h)
-    threads = torch.get_num_threads()
+    threads = kernel_threads()
     cpu32 = dtype == torch.float32 and h.device.type == "cpu"
     gemm = cpu32 and gemm_applies(lib, ffn.gate, ffn.up, ffn.down)
     for rows in flat.split(ROWS_PER_CHUNK):

@@ -24,6 +24,7 @@ from pydantic_core import to_json
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..cpus import limit_torch_threads
 from .batching import Batcher, NotFinite, Overloaded
 from .metrics import Metrics, MetricsMiddleware
 from .prepare import Prepared, RequestError, prepare
@@ -59,6 +60,8 @@ class ServerState:
         try:
             if s.threads is not None:
                 torch.set_num_threads(s.threads)
+            else:  # torch's default, at most what a container's CPU quota allows (tirex.cpus)
+                limit_torch_threads()
             model = await asyncio.to_thread(load_model, s.model, device=s.device)
             batcher = Batcher(model, s.batching, s.batch_window_ms / 1000, s.max_batch_series,
                               s.max_queue_series, on_batch=self.metrics.observe_batch)
