@@ -141,3 +141,18 @@ def test_a_real_cgroup_quota_caps_the_kernels_and_the_command_line():
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["budget"]["quota"] == 1.0 and seen["budget"]["cpus"] == 1, seen
     assert seen["kernel"] == 1 and seen["torch_before"] == 2 and seen["torch_after"] == 1, seen
+
+
+def test_limit_torch_threads_splits_the_budget_over_processes_and_never_raises_torchs_count(monkeypatch):
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(cpus, "cpu_budget", lambda: CpuBudget(4, 64, 4.0, "cpu.max"))
+        torch.set_num_threads(8)
+        assert cpus.limit_torch_threads() == 4 and torch.get_num_threads() == 4
+        torch.set_num_threads(8)
+        assert cpus.limit_torch_threads(processes=3) == 1 and torch.get_num_threads() == 1  # a server's --workers 3
+        torch.set_num_threads(2)
+        assert cpus.limit_torch_threads() == 2 and torch.get_num_threads() == 2
+        assert cpus.limit_torch_threads(processes=8) == 1  # more processes than CPUs: one thread each
+    finally:
+        torch.set_num_threads(threads)

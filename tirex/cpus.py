@@ -122,15 +122,16 @@ def capped_threads(threads: int) -> int:
     return max(1, min(int(threads), cpu_budget().cpus))
 
 
-def limit_torch_threads() -> int:
+def limit_torch_threads(processes: int = 1) -> int:
     """For a process of our own (the command line, a server worker), before any work: torch's thread
-    count capped at the budget (torch's default counts the host's cores, also inside a container with a
-    CPU quota). Library calls never change torch's process-wide setting: there only the compiled kernels
-    cap their own threads (``tirex.inference.kernel_threads``). Returns the count."""
+    count capped at its share of the budget, the budget split evenly over ``processes`` processes that
+    run side by side (a server's ``--workers``), at least 1 (torch's default counts the host's cores, also
+    inside a container with a CPU quota). Library calls never change torch's process-wide setting: there
+    only the compiled kernels cap their own threads (``tirex.inference.kernel_threads``). Returns the count."""
     import torch
 
     threads = torch.get_num_threads()
-    capped = capped_threads(threads)
+    capped = max(1, min(threads, cpu_budget().cpus // max(1, processes)))
     if capped < threads:
         torch.set_num_threads(capped)
     return capped

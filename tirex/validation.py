@@ -339,7 +339,8 @@ def check_float32_model(model: torch.nn.Module) -> None:
         modules.extend(m for m in module._modules.values() if m is not None)
     if not converted:
         return
-    name, param = next((n, p) for n, p in model.named_parameters() if p.is_floating_point() and p.dtype != torch.float32)
+    name, param = next((n, p) for n, p in model.named_parameters()
+                       if p.is_floating_point() and p.dtype != torch.float32)
     raise ValueError(
         f"TiRex computes in float32, but parameter {name!r} is {param.dtype} (was the model converted with "
         ".double(), .half() or .to(dtype)?); call model.float(). For bfloat16 matmuls use "

@@ -60,8 +60,8 @@ class ServerState:
         try:
             if s.threads is not None:
                 torch.set_num_threads(s.threads)
-            else:  # torch's default, at most what a container's CPU quota allows (tirex.cpus)
-                limit_torch_threads()
+            else:  # torch's default, at most this worker's share of the CPUs it may use (tirex.cpus)
+                limit_torch_threads(s.workers)
             model = await asyncio.to_thread(load_model, s.model, device=s.device)
             batcher = Batcher(model, s.batching, s.batch_window_ms / 1000, s.max_batch_series,
                               s.max_queue_series, on_batch=self.metrics.observe_batch)

@@ -27,7 +27,8 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=d.workers,
                    help="server processes, each with its own model and batcher (default 1)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per process (default: torch's choice, at most the CPUs a container's quota allows; 1 on a busy shared machine)")
+                   help="torch threads per process (default: torch's choice, at most the CPUs this process may use, "
+                        "a container's quota included, divided by --workers; 1 on a busy shared machine)")
     p.add_argument("--api-key", default=None,
                    help=f"require this key (X-API-Key or Authorization: Bearer) on every route but /health; "
                         f"default: ${API_KEY_ENV} if set, else no key")
