@@ -42,6 +42,28 @@ def ray_address():
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="Linux /proc")
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs an affinity mask of 2 or more CPUs to narrow")
+def test_a_local_instance_gets_the_cpus_this_process_may_use():
+    """Ray counts every core, also outside the process's affinity mask (taskset, a Slurm CPU set): a local
+    instance started by tirex in a process pinned to one CPU has 1 CPU, so one replica, not one per core."""
+    code = (
+        "import ray\n"
+        "from tirex.distributed.engine import connect, local_raylets, stop_leftover_workers\n"
+        "assert connect()\n"
+        "raylets = local_raylets()\n"
+        "print('CPU', ray.cluster_resources().get('CPU'), flush=True)\n"
+        "ray.shutdown()\n"
+        "stop_leftover_workers(raylets)\n"
+    )
+    first = min(os.sched_getaffinity(0))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # not the module's instance: a new one
+    out = subprocess.run([sys.executable, "-c", code], preexec_fn=lambda: os.sched_setaffinity(0, {first}), env=env,
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "CPU 1.0" in out.stdout.splitlines(), out.stdout
+
+
 def test_workers_left_behind_by_a_stopped_cluster_are_ended(tmp_path):
     """``local_raylets`` finds this process's raylet; ``stop_leftover_workers`` ends processes that carry a
     stopped raylet's PID in RAY_RAYLET_PID (one that ignores SIGTERM is killed), and no other process."""

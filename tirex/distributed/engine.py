@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from ..cpus import cpu_budget
 from ..inputs import check_prediction_length, to_series_list
 from ..io import InputError
 from ..loading import model_digest
@@ -45,13 +46,24 @@ def require_ray():
 def connect(address: str | None = None) -> bool:
     """Start or join Ray unless this process already has; returns True when this call did it.
 
-    ``address=None`` joins the cluster in ``RAY_ADDRESS`` if set, else starts a local instance on this
-    machine's cores; ``"auto"`` joins the cluster this node belongs to; ``"ray://head:10001"`` uses Ray Client.
+    ``address=None`` joins the cluster in ``RAY_ADDRESS`` if set (or one started with ``ray start`` on this
+    machine), else starts a local instance with the CPUs this process may use (``tirex.cpus``: Ray counts
+    every core of the machine, also under ``taskset``, a Slurm CPU set or a cgroup quota, and would start a
+    replica, each with its own model, per core); ``"auto"`` joins the cluster this node belongs to;
+    ``"ray://head:10001"`` uses Ray Client.
     """
     ray = require_ray()
     if ray.is_initialized():
         return False
-    ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False)
+    options = dict(logging_level=logging.WARNING, include_dashboard=False)
+    cpus = cpu_budget().cpus
+    if address is None and not os.environ.get("RAY_ADDRESS") and cpus < (os.cpu_count() or cpus):
+        try:
+            ray.init(num_cpus=cpus, **options)
+            return True
+        except ValueError:  # Ray found a cluster of this machine to join: joining takes no CPU count
+            pass
+    ray.init(address=address, **options)
     return True
 
 
