@@ -36,7 +36,11 @@ def fake_proc(tmp_path, cgroup: str, mounts: list[tuple[str, str, str, str]], fi
 def test_cgroup_v2_quota_of_a_container(tmp_path):
     proc = fake_proc(tmp_path, "0::/\n", [("cgroup2", "/", str(tmp_path / "cg"), "nsdelegate")],
                      {"cg/cpu.max": "250000 100000\n"})
-    assert read_budget(proc, affinity=16) == CpuBudget(2, 16, 2.5, str(tmp_path / "cg"))
+    assert read_budget(proc, affinity=16) == CpuBudget(3, 16, 2.5, str(tmp_path / "cg"))  # rounded half up
+    (tmp_path / "cg" / "cpu.max").write_text("225000 100000\n")
+    assert read_budget(proc, affinity=16).cpus == 2
+    (tmp_path / "cg" / "cpu.max").write_text("125000\n")  # no period: the default 100000
+    assert read_budget(proc, affinity=16) == CpuBudget(1, 16, 1.25, str(tmp_path / "cg"))
 
 
 def test_cgroup_v2_the_tightest_ancestor_counts_and_no_limit_is_none(tmp_path):
@@ -47,7 +51,7 @@ def test_cgroup_v2_the_tightest_ancestor_counts_and_no_limit_is_none(tmp_path):
         "sys fs/kubepods/pod1/cpu.max": "150000 100000\n",
         "sys fs/kubepods/pod1/ctr/cpu.max": "400000 100000\n",
     })
-    assert read_budget(proc, affinity=64) == CpuBudget(1, 64, 1.5, str(base / "kubepods" / "pod1"))
+    assert read_budget(proc, affinity=64) == CpuBudget(2, 64, 1.5, str(base / "kubepods" / "pod1"))
     (base / "kubepods" / "pod1" / "cpu.max").write_text("max 100000\n")
     (base / "kubepods" / "pod1" / "ctr" / "cpu.max").write_text("max 100000\n")
     assert read_budget(proc, affinity=64) == CpuBudget(64, 64, None, None)
@@ -62,8 +66,8 @@ def test_cgroup_v1_quota_seen_from_inside_and_outside_the_container(tmp_path):
     assert read_budget(proc, affinity=8) == CpuBudget(3, 8, 3.0, str(tmp_path / "cpu"))
     # the affinity mask can be tighter than the quota; a quota below one CPU still leaves one thread
     assert read_budget(proc, affinity=2).cpus == 2
-    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
-    assert read_budget(proc, affinity=8) == CpuBudget(1, 8, 0.5, str(tmp_path / "cpu"))
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("40000\n")
+    assert read_budget(proc, affinity=8) == CpuBudget(1, 8, 0.4, str(tmp_path / "cpu"))
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")  # v1's "no limit"
     assert read_budget(proc, affinity=8) == CpuBudget(8, 8, None, None)
 
