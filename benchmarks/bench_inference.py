@@ -238,11 +238,12 @@ def machine() -> dict:
     """CPU model and the ISA flags that matter here (as lscpu shows them), torch version, load, date."""
     sys.path.insert(0, str(ROOT))
     from tirex import cpu_kernel
+    from tirex.cpus import cpu_budget
 
     import torch
 
     return {"cpu_model": cpu_kernel.cpu_model(), "isa_flags": cpu_kernel.isa_flags(),
-            "cpus": os.cpu_count(), "torch": torch.__version__, "loadavg_at_end": os.getloadavg(),
+            "cpus": os.cpu_count(), "cpu_budget": vars(cpu_budget()), "torch": torch.__version__, "loadavg_at_end": os.getloadavg(),
             "date": time.strftime("%Y-%m-%d %H:%M")}
 
 

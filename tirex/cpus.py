@@ -52,8 +52,8 @@ def _mounts(mountinfo: str) -> list[tuple[str, str, str, set[str]]]:
         fields, tail = left.split(), right.split()
         if len(fields) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
             continue
-        unescape = lambda s: s.replace("\\040", " ")  # noqa: E731 - mountinfo escapes spaces
-        mounts.append((tail[0], unescape(fields[3]), unescape(fields[4]), set(tail[2].split(","))))
+        root, point = (field.replace("\\040", " ") for field in fields[3:5])  # mountinfo escapes spaces
+        mounts.append((tail[0], root, point, set(tail[2].split(","))))
     return mounts
 
 
@@ -65,8 +65,7 @@ def _directories(mount_root: str, mount_point: str, path: str) -> list[Path]:
     elif mount_root != "/":  # the process is outside what this mount shows (e.g. a cgroup namespace)
         path = "/"
     parts = [p for p in path.split("/") if p and p != ".."]
-    dirs = [Path(mount_point, *parts[:n]) for n in range(len(parts), -1, -1)]
-    return dirs
+    return [Path(mount_point, *parts[:n]) for n in range(len(parts), -1, -1)]
 
 
 def _read_quota(directory: Path, version: str) -> float | None:
