@@ -35,16 +35,18 @@ def quota_group(cpus: float, name: str = "tirex_quota"):
     quota = max(1000, int(cpus * period))
     v1, v2 = Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")
     if (v1 / "cpu.cfs_quota_us").exists():
-        group = v1 / f"{name}_{os.getpid()}"
-        group.mkdir()
-        (group / "cpu.cfs_period_us").write_text(str(period))
-        (group / "cpu.cfs_quota_us").write_text(str(quota))
+        group, limits = v1 / f"{name}_{os.getpid()}", {"cpu.cfs_period_us": str(period), "cpu.cfs_quota_us": str(quota)}
     elif "cpu" in (v2 / "cgroup.subtree_control").read_text().split():
-        group = v2 / f"{name}_{os.getpid()}"
-        group.mkdir()
-        (group / "cpu.max").write_text(f"{quota} {period}")
+        group, limits = v2 / f"{name}_{os.getpid()}", {"cpu.max": f"{quota} {period}"}
     else:
         raise OSError("no writable cgroup cpu controller (v1 /sys/fs/cgroup/cpu or v2 with +cpu)")
+    group.mkdir()
+    try:
+        for file, value in limits.items():
+            (group / file).write_text(value)
+    except OSError:
+        group.rmdir()
+        raise
     procs = str(group / "cgroup.procs")
 
     def join() -> None:
