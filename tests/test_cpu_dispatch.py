@@ -122,6 +122,36 @@ def test_levels_refuse_missing_compiler_flags(tmp_path):
     assert proc.returncode != 0 and "needs -mavx512f" in proc.stderr
 
 
+@kernels
+def test_a_level_that_cannot_be_built_falls_back_to_the_next_lower_one(monkeypatch):
+    """An AVX-512 CPU whose compiler refuses the AVX-512 build (an old g++) keeps the AVX2 kernels and their
+    compiled matmuls instead of dropping to the portable level (torch's matmuls on x86); a forced level
+    does not fall back."""
+    if not cpu_kernel.is_x86() or "avx2" not in cpu_kernel.runnable_levels():
+        pytest.skip("needs an x86 CPU with AVX2")
+    real = cpu_kernel.load_level
+
+    def refuse_avx512(level, emulate=False):
+        if level == "avx512" and not emulate:
+            cpu_kernel._errors[cpu_kernel._key(level, emulate)] = "g++ failed for level avx512: (simulated)"
+            return None
+        return real(level, emulate)
+
+    saved = dict(cpu_kernel._errors)
+    monkeypatch.setattr(cpu_kernel, "runnable_levels", lambda flags=None: ["portable", "avx2", "avx512"])
+    monkeypatch.setattr(cpu_kernel, "load_level", refuse_avx512)
+    monkeypatch.delenv("TIREX_CPU_ISA", raising=False)
+    try:
+        chosen = cpu_kernel._resolve(None, None)
+        assert chosen.level == "avx2" and chosen.matmuls == "compiled", chosen.why
+        assert any("avx512 unavailable" in line for line in chosen.why) and "level avx2 instead" in chosen.why
+        forced = cpu_kernel._resolve("avx512", None)
+        assert forced.level is None and forced.matmuls == "torch", forced.why
+    finally:
+        cpu_kernel._errors.clear()
+        cpu_kernel._errors.update(saved)
+
+
 @pytest.mark.skipif(cpu_kernel._compiler() is None, reason="no C++ compiler")
 def test_portable_level_uses_no_x86_intrinsics():
     """What the portable level compiles is plain C++ (so ARM and any other CPU get the same code)."""

@@ -304,11 +304,15 @@ def _resolve(level: str | None, matmuls: str | None, emulate: bool = False) -> D
     library = load_level(chosen, emulate)
     if library is None:
         why.append(f"level {chosen} unavailable: {level_error(chosen, emulate)}")
-        if chosen != "portable" and not forced:
-            chosen = "portable"
+        # not forced: the next lower level this CPU runs (an AVX-512 build an old compiler refuses still
+        # leaves the AVX2 kernels and their compiled matmuls), down to portable
+        lower = [] if forced else [lv for lv in reversed(runnable_levels()) if LEVELS[lv].number < LEVELS[chosen].number]
+        for chosen in lower:
             library = load_level(chosen)
-            if library is None:
-                why.append(f"level portable unavailable: {level_error(chosen)}")
+            if library is not None:
+                why.append(f"level {chosen} instead")
+                break
+            why.append(f"level {chosen} unavailable: {level_error(chosen)}")
     if library is None:
         return Dispatch(None, None, "torch", tuple(why))
     wanted = matmuls or ("torch" if os.environ.get("TIREX_CPU_GEMM", "1").strip().lower() in OFF else "compiled")
