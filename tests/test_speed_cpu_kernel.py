@@ -1,5 +1,7 @@
 """The compiled CPU sLSTM kernel and the no-grad fast path agree with the torch loop, and fall back cleanly."""
 
+import shutil
+import tempfile
 import warnings
 
 import pytest
@@ -101,6 +103,39 @@ def test_failed_build_falls_back(monkeypatch, tmp_path, fresh_dispatch):
     with pytest.warns(RuntimeWarning, match="falling back"):
         slstm_recurrence(wx, r, b, None, True, "auto")
     assert cpu_kernel.error()
+
+
+@pytest.mark.skipif(cpu_kernel._compiler() is None, reason="no C++ compiler")
+def test_an_unwritable_kernel_cache_builds_in_a_private_temp_folder(monkeypatch, tmp_path, fresh_dispatch):
+    """A read-only home or file system (a container) used to leave no kernels at all (the slow torch loop);
+    builds now go to a private folder in the temp directory, and the dispatch says so."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("TIREX_CACHE_DIR", str(blocker / "cache"))  # cannot be created, also not by root
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    path = cpu_kernel.build("portable")
+    assert path.parent.parent == temp and path.parent.name.startswith("tirex-kernels-")
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    dispatch = cpu_kernel.active()
+    assert dispatch.library is not None and any("is not writable" in line for line in dispatch.why), dispatch.why
+
+    # a folder of that name that someone else could write is never used: this process gets one of its own
+    cpu_kernel.reset()
+    shutil.rmtree(path.parent)
+    path.parent.mkdir()
+    path.parent.chmod(0o777)
+    second = cpu_kernel.build("portable")
+    assert second.parent != path.parent and second.parent.parent == temp and not list(path.parent.iterdir())
+
+    # a library already in the cache folder is used as it is, also where nothing can be written there
+    baked = tmp_path / "baked"
+    (baked / "kernels").mkdir(parents=True)
+    shutil.copy(second, baked / "kernels" / second.name)
+    monkeypatch.setenv("TIREX_CACHE_DIR", str(baked))
+    monkeypatch.setattr(cpu_kernel, "build_dir", lambda: pytest.fail("nothing to build"))
+    assert cpu_kernel.build("portable") == baked / "kernels" / second.name
 
 
 def test_unknown_backend_is_rejected():

@@ -32,12 +32,14 @@ hardware computes, FMA included: the tests cross-check the AVX-512 code bit for 
 ``emulatable_levels()`` lists what this machine can emulate.
 
 Each build takes 1-4 s on first use and is cached under ``$TIREX_CACHE_DIR`` (default
-``~/.cache/tirex/kernels``), keyed by the source, the compiler and the flags.
+``~/.cache/tirex/kernels``), keyed by the source, the compiler and the flags; where that folder cannot be
+written, in a private folder of the temp directory (``build_dir``).
 """
 
 from __future__ import annotations
 
 import ctypes
+import getpass
 import hashlib
 import os
 import platform
@@ -81,6 +83,54 @@ _simde_error: str | None = None  # "" once the SIMDe headers were found (emulate
 def cache_dir() -> Path:
     root = os.environ.get("TIREX_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tirex"
     return Path(root) / "kernels"
+
+
+_build_dirs: dict[Path, Path] = {}  # cache_dir() -> where builds go when it is not writable
+_build_dir_notes: dict[Path, str] = {}
+
+
+def _private_dir(path: Path) -> bool:
+    """Whether ``path`` is a directory of this user that nobody else can write (so no one else's library
+    can be planted there for us to load)."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    owner = os.getuid() if hasattr(os, "getuid") else st.st_uid
+    return path.is_dir() and not path.is_symlink() and st.st_uid == owner and not st.st_mode & 0o022
+
+
+def build_dir() -> Path:
+    """Where new builds go: ``cache_dir()``, or, where that cannot be created or written (a read-only home,
+    a container's read-only file system), a private folder in the temp directory (``tempfile.gettempdir()``,
+    this user's only: a folder there that someone else could write is never used). ``build_dir_note()``
+    says when the fallback was taken."""
+    preferred = cache_dir()
+    if preferred in _build_dirs:
+        return _build_dirs[preferred]
+    try:
+        preferred.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=preferred, prefix=".write-test-")  # really writable (also for root)
+        probe.close()
+        chosen = preferred
+    except OSError as exc:
+        user = os.getuid() if hasattr(os, "getuid") else getpass.getuser()
+        chosen = Path(tempfile.gettempdir()) / f"tirex-kernels-{user}"
+        try:
+            chosen.mkdir(mode=0o700, exist_ok=True)
+        except OSError:
+            pass
+        if not _private_dir(chosen):
+            chosen = Path(tempfile.mkdtemp(prefix="tirex-kernels-"))  # this process's own
+        _build_dir_notes[preferred] = (f"kernel cache {preferred} is not writable ({exc.strerror or exc}): built in "
+                                       f"{chosen}; set TIREX_CACHE_DIR to a writable folder to keep builds")
+    _build_dirs[preferred] = chosen
+    return chosen
+
+
+def build_dir_note() -> str | None:
+    """Why builds went to a temp folder instead of ``cache_dir()``, if they did."""
+    return _build_dir_notes.get(cache_dir())
 
 
 def is_x86() -> bool:
@@ -158,10 +208,12 @@ def build(level: str, cxx: str | None = None, emulate: bool = False) -> Path:
     source = SOURCE.read_bytes()
     command = compile_command(level, cxx, Path("x"), emulate)
     key = hashlib.sha256(source + " ".join(command).encode()).hexdigest()[:16]
-    target = cache_dir() / f"slstm_cpu_{level}{'_emulated' if emulate else ''}_{key}.so"
+    name = f"slstm_cpu_{level}{'_emulated' if emulate else ''}_{key}.so"
+    if (cache_dir() / name).exists():  # also from a read-only cache (e.g. baked into an image)
+        return cache_dir() / name
+    target = build_dir() / name
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         tmp_lib = Path(tmp) / target.name
         proc = subprocess.run(compile_command(level, cxx, tmp_lib, emulate), capture_output=True, text=True,
@@ -315,6 +367,8 @@ def _resolve(level: str | None, matmuls: str | None, emulate: bool = False) -> D
             why.append(f"level {chosen} unavailable: {level_error(chosen)}")
     if library is None:
         return Dispatch(None, None, "torch", tuple(why))
+    if build_dir_note():
+        why.append(build_dir_note())
     wanted = matmuls or ("torch" if os.environ.get("TIREX_CPU_GEMM", "1").strip().lower() in OFF else "compiled")
     if wanted not in ("compiled", "torch"):
         raise ValueError(f"matmuls must be 'compiled' or 'torch', got {wanted!r}")
@@ -367,6 +421,8 @@ def reset() -> None:
         _active = None
         _errors.clear()
         _libraries.clear()
+        _build_dirs.clear()
+        _build_dir_notes.clear()
 
 
 def load() -> ctypes.CDLL | None:
