@@ -122,6 +122,20 @@ def test_levels_refuse_missing_compiler_flags(tmp_path):
     assert proc.returncode != 0 and "needs -mavx512f" in proc.stderr
 
 
+def test_without_proc_cpuinfo_the_flags_come_from_torchs_vector_level(monkeypatch, tmp_path):
+    """Where the OS does not list the flags (Windows, a sandbox without /proc/cpuinfo) an x86 CPU used to
+    get the portable level (torch's matmuls); the vector level torch chose for it now gives the flags."""
+    monkeypatch.setattr(cpu_kernel, "CPUINFO", tmp_path / "no-cpuinfo")
+    monkeypatch.setattr(cpu_kernel.platform, "system", lambda: "Windows")
+    monkeypatch.setattr(cpu_kernel, "is_x86", lambda: True)
+    for capability, level in (("AVX512", "avx512"), ("AVX2", "avx2"), ("DEFAULT", "portable")):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert cpu_kernel.best_level() == level, capability
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: 1 / 0)
+    assert cpu_kernel.cpu_flags() == set()
+    assert cpu_kernel.cpu_model()  # still a name to report
+
+
 @kernels
 def test_a_level_that_cannot_be_built_falls_back_to_the_next_lower_one(monkeypatch):
     """An AVX-512 CPU whose compiler refuses the AVX-512 build (an old g++) keeps the AVX2 kernels and their

@@ -137,10 +137,28 @@ def is_x86() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags as Linux reports them (/proc/cpuinfo; on macOS sysctl); empty if unknown."""
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def _torch_flags() -> set[str]:
+    """The x86 flags our levels need, from the vector level torch chose for this CPU (its own CPUID check,
+    OS support for the registers included): where the OS does not say (no /proc/cpuinfo: Windows, some
+    sandboxes)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        import torch
+
+        capability = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001 - an old or odd torch: nothing known
+        return set()
+    flags = {"avx2", "fma"} if capability in ("AVX2", "AVX512") else set()
+    return flags | ({"avx512f", "avx512bw", "avx512dq", "avx512vl"} if capability == "AVX512" else set())
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (/proc/cpuinfo; on macOS sysctl; elsewhere on x86 what
+    torch's vector level implies); empty if unknown."""
+    try:
+        for line in CPUINFO.read_text().splitlines():
             if line.startswith(("flags", "Features")):
                 return set(line.split(":", 1)[1].split())
     except OSError:
@@ -154,7 +172,7 @@ def cpu_flags() -> set[str]:
             return {renamed.get(n, n) for n in names}
         except (OSError, subprocess.SubprocessError):
             pass
-    return set()
+    return _torch_flags() if is_x86() else set()
 
 
 # The flags that decide the kernel level and the fast mode (x86 and ARM): what reports and benchmarks record.
@@ -170,7 +188,7 @@ def isa_flags(flags: set[str] | None = None) -> list[str]:
 
 def cpu_model() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in CPUINFO.read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
