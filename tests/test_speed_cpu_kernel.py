@@ -10,7 +10,7 @@ import torch
 from tirex import backends, cpu_kernel
 from tirex.config import ModelConfig
 from tirex.model import TiRexModel
-from tirex.slstm import SLSTMState, slstm_recurrence
+from tirex.slstm import slstm_recurrence
 
 needs_kernel = pytest.mark.skipif(cpu_kernel.load() is None, reason=f"CPU kernel unavailable: {cpu_kernel.error()}")
 

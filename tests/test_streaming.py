@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from tirex import ModelConfig, TiRexModel
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -15,6 +16,9 @@ from .layers import ResidualBlock, RMSNorm
 from .scaling import fit_scale, patch_tokens, window
 from .slstm import SLSTMBlock, SLSTMState
 from .validation import check_float32_model, check_tokens
+
+if TYPE_CHECKING:
+    from .streaming import Stream
 
 
 STACKED_ROWS = 128  # rollout passes are stacked along the batch up to this many series per forward
@@ -407,7 +411,7 @@ class TiRexModel(nn.Module):
         tuned, _ = finetune(self, data, prediction_length, **kwargs)
         return tuned
 
-    def stream(self, context) -> "Stream":
+    def stream(self, context) -> Stream:
         """Start a constant-memory stream over ``context`` (see ``tirex.streaming.Stream``)."""
         from .streaming import Stream
 
