@@ -122,6 +122,41 @@ def test_levels_refuse_missing_compiler_flags(tmp_path):
     assert proc.returncode != 0 and "needs -mavx512f" in proc.stderr
 
 
+@kernels
+@pytest.mark.skipif(cpu_kernel._compiler() is None, reason="no C++ compiler")
+def test_a_cpu_that_misreports_its_flags_gets_a_lower_level_not_a_crash(monkeypatch):
+    """A VM that reports AVX-512 without running it: the real AVX-512 build is checked in a child process,
+    which dies of SIGILL here (an AVX2-only CPU), and the dispatch takes the next lower level; before, loading
+    and calling it would have killed this process."""
+    if not cpu_kernel.is_x86() or "avx512" in cpu_kernel.runnable_levels() or "avx2" not in cpu_kernel.runnable_levels():
+        pytest.skip("needs an x86 CPU with AVX2 and without AVX-512")
+    saved = dict(cpu_kernel._errors)
+    monkeypatch.setattr(cpu_kernel, "runnable_levels", lambda flags=None: ["portable", "avx2", "avx512"])
+    monkeypatch.delenv("TIREX_CPU_ISA", raising=False)
+    cpu_kernel._errors.pop(cpu_kernel._key("avx512", False), None)
+    try:
+        chosen = cpu_kernel._resolve(None, None)
+        assert chosen.level == "avx2" and chosen.matmuls == "compiled", chosen.why
+        assert any("does not run on this CPU (signal 4" in line for line in chosen.why), chosen.why
+        assert not list(cpu_kernel.build("avx512").parent.glob(cpu_kernel.build("avx512").name + ".runs-*"))
+    finally:
+        cpu_kernel._errors.clear()
+        cpu_kernel._errors.update(saved)
+
+
+def test_a_library_that_fails_its_check_is_not_loaded(monkeypatch, tmp_path):
+    """The check itself: a library whose probe fails (here: a probe that raises) is refused with the reason,
+    and nothing is remembered as passed."""
+    path = tmp_path / "lib.so"
+    path.write_bytes(b"")
+    monkeypatch.setattr(cpu_kernel, "PROBE", "raise SystemExit('broken build')")
+    with pytest.raises(RuntimeError, match="failed its check: broken build"):
+        cpu_kernel.check_runs(path, "avx2")
+    monkeypatch.setattr(cpu_kernel, "PROBE", "print('ok')")
+    cpu_kernel.check_runs(path, "avx2")
+    assert len(list(tmp_path.glob("lib.so.runs-*"))) == 1
+
+
 def test_without_proc_cpuinfo_the_flags_come_from_torchs_vector_level(monkeypatch, tmp_path):
     """Where the OS does not list the flags (Windows, a sandbox without /proc/cpuinfo) an x86 CPU used to
     get the portable level (torch's matmuls); the vector level torch chose for it now gives the flags."""

@@ -45,6 +45,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -305,6 +306,45 @@ def _key(level: str, emulate: bool) -> str:
     return f"{level} (emulated)" if emulate else level
 
 
+# Run in a child process before a vector level is loaded here: a small matmul and SwiGLU through the
+# library. A CPU or VM that reports instructions it cannot run then kills the child (SIGILL), not us.
+PROBE = """
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+F, M, N, K = ctypes.c_float, 6, 64, 32
+a, b, bias, c = (F * (M * K))(*[0.5] * (M * K)), (F * (K * N))(*[0.25] * (K * N)), (F * N)(), (F * (M * N))()
+P, L = ctypes.c_void_p, ctypes.c_long
+lib.tirex_gemm.argtypes = [P, L, P, P, L, P, P, L] + [ctypes.c_int] * 5
+lib.tirex_gemm(a, K, b, None, N, bias, c, N, M, N, K, 0, 1)
+lib.tirex_silu_mul(c, c, c, M, N, 1)
+assert c[M * N - 1] != 0 and abs(c[0] - 4.0 * 4.0 / (1 + 2.718281828459045 ** -4.0)) < 1e-4, list(c[:4])
+print("ok")
+"""
+
+
+def check_runs(path: Path, level: str) -> None:
+    """Raise RuntimeError unless the library at ``path`` runs here (``PROBE`` in a child process). Passing
+    is remembered per library and CPU next to the library, where that can be written."""
+    cpu = hashlib.sha256((cpu_model() + " " + " ".join(sorted(cpu_flags()))).encode()).hexdigest()[:12]
+    marker = path.with_name(f"{path.name}.runs-{cpu}")
+    if marker.exists():
+        return
+    try:
+        proc = subprocess.run([sys.executable, "-I", "-c", PROBE, str(path)], capture_output=True, text=True,
+                              timeout=120)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RuntimeError(f"could not check that level {level} runs here: {exc}") from exc
+    if proc.returncode < 0:
+        raise RuntimeError(f"level {level} does not run on this CPU (signal {-proc.returncode} in a check): the CPU "
+                           "or VM reports instructions it cannot execute")
+    if proc.returncode != 0 or proc.stdout.strip() != "ok":
+        raise RuntimeError(f"level {level} failed its check: {(proc.stderr.strip() or proc.stdout.strip())[-500:]}")
+    try:
+        marker.touch()
+    except OSError:
+        pass  # a read-only cache: checked again by the next process
+
+
 def load_level(level: str, emulate: bool = False) -> ctypes.CDLL | None:
     """The library of ``level``, building it on first use; None (``level_error(level, emulate)`` says why) if
     this CPU cannot run it (``emulate``: cannot emulate it) or it cannot be built."""
@@ -326,7 +366,10 @@ def load_level(level: str, emulate: bool = False) -> ctypes.CDLL | None:
             _errors[name] = "no C++ compiler found (install g++ or set CXX)"
         else:
             try:
-                lib = ctypes.CDLL(str(build(level, emulate=emulate)))
+                path = build(level, emulate=emulate)
+                if level != "portable":
+                    check_runs(path, level)
+                lib = ctypes.CDLL(str(path))
                 _declare(lib)
                 if lib.tirex_level() != LEVELS[level].number:
                     raise RuntimeError(f"library of level {name} reports level {lib.tirex_level()}")
