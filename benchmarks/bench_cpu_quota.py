@@ -73,7 +73,7 @@ def worker(args) -> None:
     from tirex.cpus import cpu_budget
 
     if args.worker == "uncapped":  # the kernels on torch's count, as before tirex.cpus
-        inference.capped_threads = lambda threads: threads
+        inference.capped_threads = lambda threads, processes=1: threads
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_empty_prefix import published_size
 

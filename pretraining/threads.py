@@ -19,8 +19,9 @@ def training_threads(requested: int | None = None, on_cpu: bool = True) -> int:
     already busy (the CPUs it may use - its affinity mask and a container's CPU quota, ``tirex.cpus`` -
     minus the 1-minute load average, at least 1), at most torch's default. Why: torch's threads meet at
     a barrier in every operation, so a step runs at the pace of its slowest thread; when another
-    process holds one of the cores, that thread is descheduled and every step waits for it. On a 2-core machine running one other job, ``tirex pretrain --config
-    tiny_cpu`` took about 9 minutes for 300 steps with torch's two threads and 14 s with one.
+    process holds one of the cores, that thread is descheduled and every step waits for it. On a 2-core
+    machine running one other job, ``tirex pretrain --config tiny_cpu`` took about 9 minutes for 300
+    steps with torch's two threads and 14 s with one.
     """
     if requested:
         return int(requested)

@@ -130,18 +130,16 @@ def test_a_cpu_that_misreports_its_flags_gets_a_lower_level_not_a_crash(monkeypa
     and calling it would have killed this process."""
     if not cpu_kernel.is_x86() or "avx512" in cpu_kernel.runnable_levels() or "avx2" not in cpu_kernel.runnable_levels():
         pytest.skip("needs an x86 CPU with AVX2 and without AVX-512")
-    saved = dict(cpu_kernel._errors)
+    # the decisions of this test stay in a copy of the module's error record (the real one is untouched)
+    monkeypatch.setattr(cpu_kernel, "_errors", dict(cpu_kernel._errors))
     monkeypatch.setattr(cpu_kernel, "runnable_levels", lambda flags=None: ["portable", "avx2", "avx512"])
     monkeypatch.delenv("TIREX_CPU_ISA", raising=False)
     cpu_kernel._errors.pop(cpu_kernel._key("avx512", False), None)
-    try:
-        chosen = cpu_kernel._resolve(None, None)
-        assert chosen.level == "avx2" and chosen.matmuls == "compiled", chosen.why
-        assert any("does not run on this CPU (signal 4" in line for line in chosen.why), chosen.why
-        assert not list(cpu_kernel.build("avx512").parent.glob(cpu_kernel.build("avx512").name + ".runs-*"))
-    finally:
-        cpu_kernel._errors.clear()
-        cpu_kernel._errors.update(saved)
+    chosen = cpu_kernel._resolve(None, None)
+    assert chosen.level == "avx2" and chosen.matmuls == "compiled", chosen.why
+    assert any("does not run on this CPU (signal 4" in line for line in chosen.why), chosen.why
+    avx512 = cpu_kernel.build("avx512")
+    assert not list(avx512.parent.glob(avx512.name + ".runs-*"))
 
 
 def test_a_library_that_fails_its_check_is_not_loaded(monkeypatch, tmp_path):
@@ -190,19 +188,15 @@ def test_a_level_that_cannot_be_built_falls_back_to_the_next_lower_one(monkeypat
             return None
         return real(level, emulate)
 
-    saved = dict(cpu_kernel._errors)
+    monkeypatch.setattr(cpu_kernel, "_errors", dict(cpu_kernel._errors))  # as in the test above
     monkeypatch.setattr(cpu_kernel, "runnable_levels", lambda flags=None: ["portable", "avx2", "avx512"])
     monkeypatch.setattr(cpu_kernel, "load_level", refuse_avx512)
     monkeypatch.delenv("TIREX_CPU_ISA", raising=False)
-    try:
-        chosen = cpu_kernel._resolve(None, None)
-        assert chosen.level == "avx2" and chosen.matmuls == "compiled", chosen.why
-        assert any("avx512 unavailable" in line for line in chosen.why) and "level avx2 instead" in chosen.why
-        forced = cpu_kernel._resolve("avx512", None)
-        assert forced.level is None and forced.matmuls == "torch", forced.why
-    finally:
-        cpu_kernel._errors.clear()
-        cpu_kernel._errors.update(saved)
+    chosen = cpu_kernel._resolve(None, None)
+    assert chosen.level == "avx2" and chosen.matmuls == "compiled", chosen.why
+    assert any("avx512 unavailable" in line for line in chosen.why) and "level avx2 instead" in chosen.why
+    forced = cpu_kernel._resolve("avx512", None)
+    assert forced.level is None and forced.matmuls == "torch", forced.why
 
 
 @pytest.mark.skipif(cpu_kernel._compiler() is None, reason="no C++ compiler")

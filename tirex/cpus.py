@@ -5,9 +5,9 @@ A container started with ``docker run --cpus 2`` or a Kubernetes CPU limit sees 
 whole container run only ``quota / period`` CPUs' worth of time per period and stops all its threads for
 the rest of the period once that is used up. Threads beyond the quota then only add waiting: a worker
 that spins while it waits for the next job burns the quota the working threads need. ``cpu_budget()``
-reads both limits once per process (the quota rounded to whole CPUs, half up) (Linux; elsewhere the CPU count) so that the compiled kernels
-(``tirex.inference.kernel_threads``), the command line, the server and training can size their threads
-to what the process may really use.
+reads both limits once per process (Linux; elsewhere the CPU count; the quota rounded to whole CPUs, half
+up) so that the compiled kernels (``tirex.inference.kernel_threads``), the command line, the server and
+training can size their threads to what the process may really use.
 """
 
 from __future__ import annotations
@@ -118,9 +118,10 @@ def cpu_budget() -> CpuBudget:
     return read_budget()
 
 
-def capped_threads(threads: int) -> int:
-    """``threads`` (e.g. torch's count), at most the CPUs this process may use, at least 1."""
-    return max(1, min(int(threads), cpu_budget().cpus))
+def capped_threads(threads: int, processes: int = 1) -> int:
+    """``threads`` (e.g. torch's count), at most this process's share of the CPUs it may use when
+    ``processes`` such processes run side by side, at least 1."""
+    return max(1, min(int(threads), cpu_budget().cpus // max(1, processes)))
 
 
 def limit_torch_threads(processes: int = 1) -> int:
@@ -132,7 +133,7 @@ def limit_torch_threads(processes: int = 1) -> int:
     import torch
 
     threads = torch.get_num_threads()
-    capped = max(1, min(threads, cpu_budget().cpus // max(1, processes)))
+    capped = capped_threads(threads, processes)
     if capped < threads:
         torch.set_num_threads(capped)
     return capped
