@@ -218,11 +218,11 @@ class CompiledForward:
         except _NotPlain:
             return None
 
-    def takes(self, tokens: torch.Tensor, last_tokens: int | None) -> bool:
-        """Whether this input runs here (else the layer-by-layer path, which handles every input)."""
-        return (tokens.dtype == torch.float32 and tokens.device.type == "cpu" and tokens.dim() == 3
-                and tokens.shape[0] > 0 and tokens.shape[1] > 0 and tokens.shape[2] == 2 * self.patch_size
-                and (last_tokens is None or last_tokens > 0))
+    def takes(self, last_tokens: int | None) -> bool:
+        """Whether a forward with ``last_tokens`` runs here (else the layer-by-layer path, which handles every
+        input). The tokens come checked by ``TiRexModel.forward`` (``tirex.validation.check_tokens``: float32 on the
+        model's device, (batch >= 1, tokens >= 1, 2 * patch_size)); what is left is ``last_tokens``."""
+        return last_tokens is None or last_tokens > 0
 
     def __call__(self, tokens: torch.Tensor, states: list[SLSTMState] | None, last_tokens: int | None,
                  return_hidden: bool, snapshot_at: int | None):

@@ -98,7 +98,7 @@ class TiRexModel(nn.Module):
         tokens = check_tokens(tokens, self.config.patch_size, next(self.parameters()).device)
         fast = not torch.is_grad_enabled()  # no-grad: chunked, in-place feed-forward parts (tirex.inference)
         plan = cpu_forward.compiled_forward(self) if fast and tokens.device.type == "cpu" else None
-        if plan is not None and plan.takes(tokens, last_tokens):
+        if plan is not None and plan.takes(last_tokens):
             out, new_states, snapshots = plan(tokens, states, last_tokens, return_hidden, snapshot_at)
         else:  # (a prepared forward exists only for float32 weights)
             check_float32_model(self)
