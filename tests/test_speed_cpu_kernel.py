@@ -1,12 +1,18 @@
 """The compiled CPU sLSTM kernel and the no-grad fast path agree with the torch loop, and fall back cleanly."""
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import tiny_model
 from tirex import backends, cpu_kernel
 from tirex.config import ModelConfig
 from tirex.model import TiRexModel
@@ -136,6 +142,54 @@ def test_an_unwritable_kernel_cache_builds_in_a_private_temp_folder(monkeypatch,
     monkeypatch.setenv("TIREX_CACHE_DIR", str(baked))
     monkeypatch.setattr(cpu_kernel, "build_dir", lambda: pytest.fail("nothing to build"))
     assert cpu_kernel.build("portable") == baked / "kernels" / second.name
+
+
+# In a private mount namespace: a noexec tmpfs as the kernel cache, then a forecast of a small model there
+_NOEXEC_CHILD = """
+import ctypes, json, sys, torch
+sys.path.insert(0, sys.argv[1])
+from conftest import tiny_model
+from tirex import cpu_kernel
+dispatch = cpu_kernel.active()
+built = sorted(cpu_kernel.cache_dir().glob("slstm_cpu_*.so"))
+try:
+    ctypes.CDLL(str(built[0]))
+    direct = True
+except OSError:
+    direct = False
+with torch.no_grad():
+    out = tiny_model()(torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1)))[0]
+print(json.dumps({"level": dispatch.level, "direct": direct, "why": dispatch.why, "out": out.flatten().tolist()}))
+"""
+
+
+@pytest.mark.skipif(cpu_kernel._compiler() is None or shutil.which("unshare") is None or not sys.platform.startswith(
+    "linux"), reason="needs a C++ compiler and unshare (Linux)")
+def test_kernels_run_from_a_noexec_file_system(tmp_path, fresh_dispatch):
+    """A kernel cache on a file system mounted noexec (a hardened /tmp or home, a container volume) used to
+    leave no kernels at all: they were built, but the loader may not map them ("failed to map segment"), so
+    every forecast ran the slow torch loop. They are now loaded from a copy in memory: the same level and
+    bits as here, and the dispatch says why."""
+    cache = tmp_path / "noexec"
+    cache.mkdir()
+    root = [] if os.geteuid() == 0 else ["--map-root-user"]
+    script = 'mount -t tmpfs -o noexec tmpfs "$1" || exit 77; exec "$2" -c "$3" "$4"'
+    env = {**os.environ, "TIREX_CACHE_DIR": str(cache)}
+    env.pop("TIREX_CPU_ISA", None)
+    proc = subprocess.run(["unshare", *root, "--mount", "sh", "-c", script, "sh", str(cache), sys.executable,
+                           _NOEXEC_CHILD, str(Path(__file__).parent)], capture_output=True, text=True, env=env,
+                          timeout=600)
+    if proc.returncode == 77 or (proc.returncode != 0 and "unshare" in proc.stderr and not proc.stdout):
+        pytest.skip(f"cannot mount a noexec file system here: {proc.stderr.strip()[-300:]}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    child = json.loads(proc.stdout.strip().splitlines()[-1])
+    if child["direct"]:
+        pytest.skip("the noexec mount did not stop libraries from loading here")
+    assert child["level"] == cpu_kernel.best_level(), child["why"]
+    assert any("loaded from a copy in memory" in line for line in child["why"]), child["why"]
+    with torch.no_grad():
+        here = tiny_model()(torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1)))[0]
+    assert torch.equal(torch.tensor(child["out"]), here.flatten())
 
 
 def test_unknown_backend_is_rejected():

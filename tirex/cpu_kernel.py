@@ -33,7 +33,9 @@ hardware computes, FMA included: the tests cross-check the AVX-512 code bit for 
 
 Each build takes 1-4 s on first use and is cached under ``$TIREX_CACHE_DIR`` (default
 ``~/.cache/tirex/kernels``), keyed by the source, the compiler and the flags; where that folder cannot be
-written, in a private folder of the temp directory (``build_dir``).
+written, in a private folder of the temp directory (``build_dir``). Where the folder's file system forbids
+executable mappings (a ``noexec`` mount: a hardened ``/tmp``, home or container volume), the library is
+loaded from an anonymous in-memory copy instead (``open_library``; Linux).
 """
 
 from __future__ import annotations
@@ -306,11 +308,57 @@ def _key(level: str, emulate: bool) -> str:
     return f"{level} (emulated)" if emulate else level
 
 
+_memory_copies: dict[str, tuple[int, str]] = {}  # library path -> (its memfd, why), open while the process runs
+
+
+def open_library(path: Path) -> ctypes.CDLL:
+    """Load the library at ``path``. Where that fails although the file is there - its file system forbids
+    executable mappings (a ``noexec`` mount; the loader says "failed to map segment from shared object") -
+    load a copy from an anonymous in-memory file (Linux ``memfd_create``), which no mount option covers.
+    The memory file stays open while the process runs: the loader knows a library by its path
+    (``/proc/self/fd/N``), and a number given back could name another library later."""
+    if str(path) in _memory_copies:  # copied before (the dispatch decided again): the same library
+        return ctypes.CDLL(f"/proc/self/fd/{_memory_copies[str(path)][0]}")
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError as exc:
+        if not hasattr(os, "memfd_create") or not path.is_file():
+            raise
+        first = exc
+    fd = -1
+    try:
+        fd = os.memfd_create(path.name, os.MFD_CLOEXEC)  # not inherited by child processes
+        with os.fdopen(os.dup(fd), "wb") as copy:
+            copy.write(path.read_bytes())
+        lib = ctypes.CDLL(f"/proc/self/fd/{fd}")
+    except OSError as exc:
+        if fd >= 0:
+            os.close(fd)
+        raise OSError(f"{first}; loading a copy from memory failed too: {exc}") from exc
+    _memory_copies[str(path)] = (fd, f"{path.parent} does not let libraries be loaded from it ({first}): "
+                                     "loaded from a copy in memory")
+    return lib
+
+
+def memory_note(lib: ctypes.CDLL | None) -> str | None:
+    """Why ``lib`` was loaded from a copy in memory, if it was."""
+    for fd, why in _memory_copies.values():
+        if lib is not None and lib._name == f"/proc/self/fd/{fd}":
+            return why
+    return None
+
+
 # Run in a child process before a vector level is loaded here: a small matmul and SwiGLU through the
 # library. A CPU or VM that reports instructions it cannot run then kills the child (SIGILL), not us.
 PROBE = """
-import ctypes, sys
-lib = ctypes.CDLL(sys.argv[1])
+import ctypes, os, sys
+try:
+    lib = ctypes.CDLL(sys.argv[1])
+except OSError:  # a noexec file system: from a copy in memory, as open_library does
+    fd = os.memfd_create("probe")
+    with os.fdopen(os.dup(fd), "wb") as copy, open(sys.argv[1], "rb") as original:
+        copy.write(original.read())
+    lib = ctypes.CDLL(f"/proc/self/fd/{fd}")
 F, M, N, K = ctypes.c_float, 6, 64, 32
 a, b, bias, c = (F * (M * K))(*[0.5] * (M * K)), (F * (K * N))(*[0.25] * (K * N)), (F * N)(), (F * (M * N))()
 P, L = ctypes.c_void_p, ctypes.c_long
@@ -374,7 +422,7 @@ def load_level(level: str, emulate: bool = False) -> ctypes.CDLL | None:
                 path = build(level, emulate=emulate)
                 if level != "portable":
                     check_runs(path, level)
-                lib = ctypes.CDLL(str(path))
+                lib = open_library(path)
                 _declare(lib)
                 if lib.tirex_level() != LEVELS[level].number:
                     raise RuntimeError(f"library of level {name} reports level {lib.tirex_level()}")
@@ -435,6 +483,8 @@ def _resolve(level: str | None, matmuls: str | None, emulate: bool = False) -> D
         return Dispatch(None, None, "torch", tuple(why))
     if build_dir_note():
         why.append(build_dir_note())
+    if memory_note(library):
+        why.append(memory_note(library))
     wanted = matmuls or ("torch" if os.environ.get("TIREX_CPU_GEMM", "1").strip().lower() in OFF else "compiled")
     if wanted not in ("compiled", "torch"):
         raise ValueError(f"matmuls must be 'compiled' or 'torch', got {wanted!r}")
