@@ -2,7 +2,9 @@
 cross-checked against the others (bit for bit), the torch fallback and the parity fixture; batch
 independence as the README states it; concurrent forecasts from several Python threads."""
 
+import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -199,10 +201,54 @@ def test_a_level_that_cannot_be_built_falls_back_to_the_next_lower_one(monkeypat
     assert forced.level is None and forced.matmuls == "torch", forced.why
 
 
+# In a process whose PATH has no compiler (and no CXX): which compiler the dispatch found, what it ran, and
+# a forward of a model with the published head size through it
+_NO_SYSTEM_COMPILER = """
+import json, sys, torch
+from tirex import ModelConfig, TiRexModel, cpu_kernel
+torch.manual_seed(0)
+model = TiRexModel(ModelConfig(patch_size=8, context_length=64, embed_dim=256, num_heads=2, num_blocks=2,
+                               input_ff_dim=512)).eval()
+with torch.no_grad():
+    out = model(torch.randn(3, 6, 16, generator=torch.Generator().manual_seed(1)))[0]
+dispatch = cpu_kernel.active()
+print(json.dumps({"compiler": cpu_kernel._compiler(), "level": dispatch.level, "matmuls": dispatch.matmuls,
+                  "why": dispatch.why, "out": out.flatten().tolist()}))
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ziglang") is None, reason="pip install ziglang (the dev extras have it)")
+def test_without_a_system_compiler_zig_from_pypi_builds_the_same_kernels(tmp_path, request):
+    """Where no C++ compiler is installed (a slim container image, Windows, macOS without the command line
+    tools) there used to be no kernels: the torch loop, 5.9x slower at batch 1 (README). With the PyPI
+    package ziglang the dispatch builds them with zig's compiler: the level this CPU runs best, the same
+    bits as the system compiler's here."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CXX", "TIREX_CPU_ISA", "TIREX_CPU_GEMM")}
+    cache = getattr(request.config, "cache", None)  # pytest's, kept between runs: zig builds its C++ library
+    zig_cache = cache.mkdir("zig") if cache is not None else tmp_path / "zig"  # once (1-2 minutes)
+    env.update(PATH=str(tmp_path / "empty"), TIREX_CACHE_DIR=str(tmp_path / "cache"), ZIG_GLOBAL_CACHE_DIR=str(zig_cache))
+    proc = subprocess.run([sys.executable, "-c", _NO_SYSTEM_COMPILER], capture_output=True, text=True, env=env,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    child = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert child["compiler"][1:] == list(cpu_kernel.ZIG), child["compiler"]
+    assert child["level"] == cpu_kernel.best_level(), child["why"]
+    assert list((tmp_path / "cache" / "kernels").glob(f"slstm_cpu_{child['level']}_*.so"))
+    if cpu_kernel._compiler() is None:
+        return  # nothing to compare with
+    torch.manual_seed(0)
+    model = TiRexModel(ModelConfig(patch_size=8, context_length=64, embed_dim=256, num_heads=2, num_blocks=2,
+                                   input_ff_dim=512)).eval()
+    with torch.no_grad():
+        here = model(torch.randn(3, 6, 16, generator=torch.Generator().manual_seed(1)))[0]
+    assert cpu_kernel.active().level == child["level"] and cpu_kernel.active().matmuls == child["matmuls"]
+    assert torch.equal(torch.tensor(child["out"]), here.flatten())
+
+
 @pytest.mark.skipif(cpu_kernel._compiler() is None, reason="no C++ compiler")
 def test_portable_level_uses_no_x86_intrinsics():
     """What the portable level compiles is plain C++ (so ARM and any other CPU get the same code)."""
-    proc = subprocess.run([cpu_kernel._compiler(), "-E", "-std=c++17", "-DTIREX_LEVEL=0", str(cpu_kernel.SOURCE)],
+    proc = subprocess.run([*cpu_kernel._compiler(), "-E", "-std=c++17", "-DTIREX_LEVEL=0", str(cpu_kernel.SOURCE)],
                           capture_output=True, text=True, check=True)
     for marker in ("immintrin", "__m256", "__m512", "_mm256_", "_mm512_", "_mm_prefetch"):
         assert marker not in proc.stdout, marker
@@ -267,9 +313,9 @@ def _harness_input(fn, args, rng):
     return b"".join(part.astype(np.float32).tobytes() for part in parts)
 
 
-def _build_harness(cxx, output, extra=()):
+def _build_harness(cxx: list[str], output, extra=()):
     flags = [f for f in cpu_kernel.COMMON_FLAGS if f not in ("-shared", "-fPIC")]
-    proc = subprocess.run([cxx, *flags, *extra, "-DTIREX_LEVEL=0", "-include", str(cpu_kernel.SOURCE), str(HARNESS),
+    proc = subprocess.run([*cxx, *flags, *extra, "-DTIREX_LEVEL=0", "-include", str(cpu_kernel.SOURCE), str(HARNESS),
                            "-o", str(output)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return output
@@ -284,7 +330,7 @@ def test_portable_level_on_arm_gives_the_same_bits(tmp_path):
     cxx, qemu = shutil.which("aarch64-linux-gnu-g++"), shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
     if cxx is None or qemu is None or cpu_kernel._compiler() is None:
         pytest.skip("needs aarch64-linux-gnu-g++ and qemu-aarch64 (apt install g++-aarch64-linux-gnu qemu-user)")
-    arm = _build_harness(cxx, tmp_path / "harness_arm", ["-static"])
+    arm = _build_harness([cxx], tmp_path / "harness_arm", ["-static"])
     here = _build_harness(cpu_kernel._compiler(), tmp_path / "harness_here")
     rng = np.random.default_rng(7)
     for fn, args in ARM_CALLS:

@@ -31,11 +31,12 @@ directory in ``CPATH``) as pairs of native 256-bit instructions, so every lane c
 hardware computes, FMA included: the tests cross-check the AVX-512 code bit for bit on AVX2 machines.
 ``emulatable_levels()`` lists what this machine can emulate.
 
-Each build takes 1-4 s on first use and is cached under ``$TIREX_CACHE_DIR`` (default
-``~/.cache/tirex/kernels``), keyed by the source, the compiler and the flags; where that folder cannot be
-written, in a private folder of the temp directory (``build_dir``). Where the folder's file system forbids
-executable mappings (a ``noexec`` mount: a hardened ``/tmp``, home or container volume), the library is
-loaded from an anonymous in-memory copy instead (``open_library``; Linux).
+The compiler is ``$CXX``, else ``g++`` / ``c++`` / ``clang++``, else zig's from the PyPI package ``ziglang``
+(where nothing is installed: slim container images). Each build takes 1-4 s on first use and is cached under
+``$TIREX_CACHE_DIR`` (default ``~/.cache/tirex/kernels``), keyed by the source, the compiler and the flags;
+where that folder cannot be written, in a private folder of the temp directory (``build_dir``). Where the
+folder's file system forbids executable mappings (a ``noexec`` mount: a hardened ``/tmp``, home or container
+volume), the library is loaded from an anonymous in-memory copy instead (``open_library``; Linux).
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ from __future__ import annotations
 import ctypes
 import getpass
 import hashlib
+import importlib.util
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -210,22 +213,42 @@ def best_level(flags: set[str] | None = None) -> str:
     return runnable_levels(flags)[-1]
 
 
-def _compiler() -> str | None:
-    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+NO_COMPILER = "no C++ compiler found (install g++, set CXX, or pip install ziglang: a compiler from PyPI)"
+# The zig toolchain's C++ compiler (clang, with its own C++ library) from the PyPI package ``ziglang``: where
+# no system compiler is installed (a slim container image, Windows, macOS without the command line tools).
+# It targets the CPU it runs on unless told otherwise: baseline, so that each level's flags alone decide.
+ZIG = ("-m", "ziglang", "c++", "-mcpu=baseline")
 
 
-def compile_command(level: str, cxx: str, output: Path, emulate: bool = False) -> list[str]:
+def _compiler() -> list[str] | None:
+    """The C++ compiler's command: ``$CXX`` (split as a shell would, e.g. "ccache g++"), else ``g++``,
+    ``c++`` or ``clang++`` on the PATH, else zig's from the ``ziglang`` package; None if there is none."""
+    if os.environ.get("CXX", "").strip():
+        return shlex.split(os.environ["CXX"])
+    for name in ("g++", "c++", "clang++"):
+        if shutil.which(name):
+            return [shutil.which(name)]
+    if importlib.util.find_spec("ziglang") is not None:
+        return [sys.executable, *ZIG]
+    return None
+
+
+def _is_zig(cxx: list[str]) -> bool:
+    return tuple(cxx[1:]) == ZIG
+
+
+def compile_command(level: str, cxx: list[str], output: Path, emulate: bool = False) -> list[str]:
     spec = LEVELS[level]
     flags = [*_AVX2, "-DTIREX_EMULATE"] if emulate else list(spec.flags)  # emulated: 512-bit ops as 256-bit pairs
-    return [cxx, *COMMON_FLAGS, *flags, f"-DTIREX_LEVEL={spec.number}", str(SOURCE), "-o", str(output)]
+    return [*cxx, *COMMON_FLAGS, *flags, f"-DTIREX_LEVEL={spec.number}", str(SOURCE), "-o", str(output)]
 
 
-def build(level: str, cxx: str | None = None, emulate: bool = False) -> Path:
+def build(level: str, cxx: list[str] | None = None, emulate: bool = False) -> Path:
     """Compile ``level`` (whether or not this CPU can run it; ``emulate``: with SIMDe for an AVX2 CPU) into
     the cache; return the library's path."""
     cxx = cxx or _compiler()
     if cxx is None:
-        raise RuntimeError("no C++ compiler found (install g++ or set CXX)")
+        raise RuntimeError(NO_COMPILER)
     source = SOURCE.read_bytes()
     command = compile_command(level, cxx, Path("x"), emulate)
     key = hashlib.sha256(source + " ".join(command).encode()).hexdigest()[:16]
@@ -235,12 +258,18 @@ def build(level: str, cxx: str | None = None, emulate: bool = False) -> Path:
     target = build_dir() / name
     if target.exists():
         return target
+    env = None
+    if _is_zig(cxx):  # zig's own cache (the C++ library it builds once, 1-2 minutes) beside the kernels
+        env = {**os.environ, "ZIG_GLOBAL_CACHE_DIR": os.environ.get("ZIG_GLOBAL_CACHE_DIR") or str(target.parent / "zig")}
+        if not (Path(env["ZIG_GLOBAL_CACHE_DIR"]) / "o").is_dir():
+            print("tirex: building the CPU kernels with zig (ziglang); its first build on this machine takes 1-2 "
+                  "minutes", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         tmp_lib = Path(tmp) / target.name
         proc = subprocess.run(compile_command(level, cxx, tmp_lib, emulate), capture_output=True, text=True,
-                              timeout=600)
+                              timeout=900, env=env)
         if proc.returncode != 0:
-            raise RuntimeError(f"{cxx} failed for level {level}: {proc.stderr.strip()[-2000:]}")
+            raise RuntimeError(f"{shlex.join(cxx)} failed for level {level}: {proc.stderr.strip()[-2000:]}")
         os.replace(tmp_lib, target)  # atomic: concurrent builders never see a half-written library
     return target
 
@@ -283,13 +312,13 @@ def _emulation_error(level: str) -> str | None:
     if _simde_error is None:
         cxx = _compiler()
         if cxx is None:
-            _simde_error = "no C++ compiler found (install g++ or set CXX)"
+            _simde_error = NO_COMPILER
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 probe = Path(tmp) / "probe.cpp"
                 probe.write_text("#include <simde/x86/avx512.h>\nint main() { return 0; }\n")
                 try:
-                    proc = subprocess.run([cxx, "-fsyntax-only", *_AVX2, str(probe)], capture_output=True, text=True,
+                    proc = subprocess.run([*cxx, "-fsyntax-only", *_AVX2, str(probe)], capture_output=True, text=True,
                                           timeout=120)
                     found = proc.returncode == 0
                 except (OSError, subprocess.SubprocessError):
@@ -416,7 +445,7 @@ def load_level(level: str, emulate: bool = False) -> ctypes.CDLL | None:
         elif not SOURCE.is_file():
             _errors[name] = f"kernel source {SOURCE} is missing from this installation"
         elif _compiler() is None:
-            _errors[name] = "no C++ compiler found (install g++ or set CXX)"
+            _errors[name] = NO_COMPILER
         else:
             try:
                 path = build(level, emulate=emulate)
