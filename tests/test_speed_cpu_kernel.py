@@ -111,6 +111,17 @@ def test_failed_build_falls_back(monkeypatch, tmp_path, fresh_dispatch):
     assert cpu_kernel.error()
 
 
+@pytest.mark.skipif(shutil.which("g++") is None or shutil.which("env") is None, reason="needs g++ and env")
+def test_cxx_with_a_launcher_and_arguments_builds(monkeypatch, tmp_path, fresh_dispatch):
+    """CXX holding a command line (a launcher such as ccache, or arguments) is split as a shell would:
+    it used to be taken as one program name, the build failed and the torch loop ran."""
+    monkeypatch.setenv("CXX", "env TIREX_TEST_LAUNCHER=1 g++")
+    monkeypatch.setenv("TIREX_CACHE_DIR", str(tmp_path))
+    assert cpu_kernel._compiler()[:2] == ["env", "TIREX_TEST_LAUNCHER=1"]
+    assert cpu_kernel.build("portable").parent == tmp_path / "kernels"
+    assert cpu_kernel.active().library is not None, cpu_kernel.active().why
+
+
 @pytest.mark.skipif(cpu_kernel._compiler() is None, reason="no C++ compiler")
 def test_an_unwritable_kernel_cache_builds_in_a_private_temp_folder(monkeypatch, tmp_path, fresh_dispatch):
     """A read-only home or file system (a container) used to leave no kernels at all (the slow torch loop);
