@@ -119,6 +119,31 @@ def test_module_entry_point_help():
         assert option in out.stdout
 
 
+def test_info_says_what_runs_here_and_why():
+    """`tirex info` reports the dispatch this process makes (level, matmuls, why), the compiler and the CPUs,
+    as text and as JSON; with the kernels switched off it says so."""
+    from tirex import cpu_kernel
+    from tirex.cpus import cpu_budget
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TIREX_CPU_ISA", "TIREX_CPU_GEMM", "TIREX_CPU_KERNEL")}
+    out = subprocess.run([sys.executable, "-m", "tirex", "info", "--json"], capture_output=True, text=True, timeout=600,
+                         env=env)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    expected = cpu_kernel.best_level() if cpu_kernel._compiler() else None
+    assert info["cpu"]["level"] == expected and info["cpu"]["model"] == cpu_kernel.cpu_model()
+    assert info["cpus"]["cpus"] == cpu_budget().cpus and info["torch"] == torch.__version__
+    assert info["compiler"] is None or info["compiler"].split()[0] == cpu_kernel._compiler()[0]
+    gpus = [torch.cuda.get_device_name(n) for n in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    assert info["cuda"]["gpus"] == gpus and info["cuda"]["kernels"] in (True, False)
+
+    text = subprocess.run([sys.executable, "-m", "tirex", "info"], capture_output=True, text=True, timeout=600,
+                          env={**env, "TIREX_CPU_KERNEL": "0"})
+    assert text.returncode == 0, text.stderr
+    assert "kernel level    none" in text.stdout and "recurrence      torch loop" in text.stdout
+    assert "TIREX_CPU_KERNEL=0" in text.stdout and text.stderr == ""
+
+
 # ---------------------------------------------------------------------------- issue 15: no silent wrong answers
 def daily(n=60):
     return pd.date_range("2024-01-01", periods=n, freq="D")

@@ -1,4 +1,4 @@
-"""Command line: ``tirex forecast | demo | eval | pretrain | finetune | serve | classify`` (also ``python -m tirex``).
+"""Command line: ``tirex forecast | demo | info | eval | pretrain | finetune | serve | classify`` (also ``python -m tirex``).
 
 Exit codes: 0 success, 2 a problem with the input or options (one line on stderr says what and
 how to fix it), 1 an unexpected failure.
@@ -124,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where forecast.csv and forecast.png go (default ./tirex-demo)")
     d.add_argument("--model", default=None, help="model source (default: the bundled model)")
 
+    i = sub.add_parser("info", help="what runs on this machine and why (CPU kernel level, compiler, threads, GPU)",
+                       description="Show the versions, the CPU (model, flags, the CPUs this process may use), the "
+                                   "compiled kernel level chosen for it and why, the compiler and kernel cache, "
+                                   "threads and GPUs. Builds the CPU kernels if they are not built yet, so it also "
+                                   "prepares a machine or an image.")
+    i.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
     for name, module, what in (
         ("eval", "tirex_eval.cli", "score models on GIFT-Eval, Chronos Benchmark II or the offline suite"),
         ("pretrain", "tirex_pretraining.cli", "pretrain a model with Lightning"),
@@ -206,6 +213,63 @@ def cmd_demo(args) -> int:
     return EXIT_OK
 
 
+def machine_info() -> dict:
+    """``tirex info``: versions, the compiler and kernel cache, ``tirex.backend_info()``, and the GPUs."""
+    import platform
+    import shlex
+
+    import torch
+
+    import tirex
+    from tirex import cpu_kernel
+    from tirex.backends import backend_info, cuda_unsupported_reason
+
+    compiler = cpu_kernel._compiler()
+    info = {"tirex": tirex.__version__, "torch": torch.__version__, "python": platform.python_version(),
+            "platform": f"{platform.system()} {platform.machine()}",
+            "compiler": shlex.join(compiler) if compiler else None,
+            "kernel_cache": str(cpu_kernel.cache_dir()), **backend_info()}
+    if cpu_kernel.build_dir() != cpu_kernel.cache_dir():
+        info["kernel_builds"] = str(cpu_kernel.build_dir())
+    gpus = [torch.cuda.get_device_name(n) for n in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    reason = cuda_unsupported_reason(torch.device("cuda", 0)) if gpus else "CUDA is not available (no GPU or a CPU-only torch build)"
+    info["cuda"] = {"gpus": gpus, "kernels": reason is None, "why": reason or "fused CUDA kernels"}
+    return info
+
+
+def cmd_info(args) -> int:
+    import json
+
+    from tirex.cpu_kernel import NO_COMPILER
+
+    info = machine_info()
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return EXIT_OK
+    cpu, cpus = info["cpu"], info["cpus"]
+    quota = f", quota {cpus['quota']:g} CPUs ({cpus['quota_file']})" if cpus["quota"] is not None else ""
+    rows = [("tirex", f"{info['tirex']} (torch {info['torch']}, Python {info['python']}, {info['platform']})"),
+            ("CPU", f"{cpu['model']}: {' '.join(cpu['flags']) or 'no vector extensions we use'}"),
+            ("CPUs to use", f"{cpus['cpus']} (affinity {cpus['affinity']}{quota}); threads: torch "
+                            f"{info['threads']}, kernels {info['kernel_threads']}"),
+            ("kernel level", f"{cpu['level'] or 'none'} (this CPU runs: {', '.join(cpu['levels_this_cpu_runs'])})"),
+            ("recurrence", cpu["recurrence"]),
+            ("weight matmuls", f"{cpu['matmuls']}; bitwise independent of the batch: "
+                               f"{'yes' if cpu['batch_independent_bitwise'] else 'no'}"),
+            ("fast mode", info["fast_mode"]["what"]),
+            ("compiler", info["compiler"] or NO_COMPILER),
+            ("kernel cache", info["kernel_cache"] + (f" (builds in {info['kernel_builds']})" if "kernel_builds" in info else "")),
+            ("GPUs", ", ".join(info["cuda"]["gpus"]) or "none"),
+            ("CUDA kernels", info["cuda"]["why"])]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    print("why:")
+    for line in cpu["why"]:
+        print(f"  - {line}")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # parse_known_args: a command whose extra is not installed should say so, whatever options follow it
@@ -218,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    handler = {"forecast": cmd_forecast, "demo": cmd_demo}.get(args.command) or args.func
+    handler = {"forecast": cmd_forecast, "demo": cmd_demo, "info": cmd_info}.get(args.command) or args.func
     limit_torch_threads()  # a container's CPU quota, which torch's default ignores (tirex.cpus)
     try:
         return int(handler(args) or 0)
