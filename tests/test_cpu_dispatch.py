@@ -218,21 +218,33 @@ print(json.dumps({"compiler": cpu_kernel._compiler(), "level": dispatch.level, "
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ziglang") is None, reason="pip install ziglang (the dev extras have it)")
-def test_without_a_system_compiler_zig_from_pypi_builds_the_same_kernels(tmp_path, request):
-    """Where no C++ compiler is installed (a slim container image, Windows, macOS without the command line
-    tools) there used to be no kernels: the torch loop, 5.9x slower at batch 1 (README). With the PyPI
-    package ziglang the dispatch builds them with zig's compiler: the level this CPU runs best, the same
-    bits as the system compiler's here."""
+@pytest.mark.parametrize("system", ["none", "failing"])
+def test_without_a_system_compiler_zig_from_pypi_builds_the_same_kernels(system, tmp_path, request):
+    """Where no C++ compiler is installed (a slim container image), or the one on the PATH only fails (macOS
+    without the command line tools has a clang++ that asks to install them), there used to be no kernels:
+    the torch loop, 5.9x slower at batch 1 (README). With the PyPI package ziglang the dispatch builds them
+    with zig's compiler: the level this CPU runs best, the same bits as the system compiler's here."""
     env = {k: v for k, v in os.environ.items() if k not in ("CXX", "TIREX_CPU_ISA", "TIREX_CPU_GEMM")}
     cache = getattr(request.config, "cache", None)  # pytest's, kept between runs: zig builds its C++ library
     zig_cache = cache.mkdir("zig") if cache is not None else tmp_path / "zig"  # once (1-2 minutes)
-    env.update(PATH=str(tmp_path / "empty"), TIREX_CACHE_DIR=str(tmp_path / "cache"), ZIG_GLOBAL_CACHE_DIR=str(zig_cache))
+    path = tmp_path / "bin"
+    path.mkdir()
+    if system == "failing":
+        fake = path / "clang++"
+        fake.write_text("#!/bin/sh\necho 'xcrun: error: invalid active developer path (/Library/Developer/"
+                        "CommandLineTools), missing xcrun' >&2\nexit 1\n")
+        fake.chmod(0o755)
+    env.update(PATH=str(path), TIREX_CACHE_DIR=str(tmp_path / "cache"), ZIG_GLOBAL_CACHE_DIR=str(zig_cache))
     proc = subprocess.run([sys.executable, "-c", _NO_SYSTEM_COMPILER], capture_output=True, text=True, env=env,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     child = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert child["compiler"][1:] == list(cpu_kernel.ZIG), child["compiler"]
     assert child["level"] == cpu_kernel.best_level(), child["why"]
+    if system == "none":
+        assert child["compiler"][1:] == list(cpu_kernel.ZIG), child["compiler"]
+    else:
+        assert child["compiler"] == [str(path / "clang++")]
+        assert any("built with" in line and "ziglang" in line and "xcrun" in line for line in child["why"]), child["why"]
     assert list((tmp_path / "cache" / "kernels").glob(f"slstm_cpu_{child['level']}_*.so"))
     if cpu_kernel._compiler() is None:
         return  # nothing to compare with

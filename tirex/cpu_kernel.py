@@ -31,8 +31,8 @@ directory in ``CPATH``) as pairs of native 256-bit instructions, so every lane c
 hardware computes, FMA included: the tests cross-check the AVX-512 code bit for bit on AVX2 machines.
 ``emulatable_levels()`` lists what this machine can emulate.
 
-The compiler is ``$CXX``, else ``g++`` / ``c++`` / ``clang++``, else zig's from the PyPI package ``ziglang``
-(where nothing is installed: slim container images). Each build takes 1-4 s on first use and is cached under
+The compiler is ``$CXX``, else ``g++`` / ``c++`` / ``clang++``, else (none installed, or it fails) zig's from
+the PyPI package ``ziglang`` (``_compilers``). Each build takes 1-4 s on first use and is cached under
 ``$TIREX_CACHE_DIR`` (default ``~/.cache/tirex/kernels``), keyed by the source, the compiler and the flags;
 where that folder cannot be written, in a private folder of the temp directory (``build_dir``). Where the
 folder's file system forbids executable mappings (a ``noexec`` mount: a hardened ``/tmp``, home or container
@@ -220,17 +220,22 @@ NO_COMPILER = "no C++ compiler found (install g++, set CXX, or pip install zigla
 ZIG = ("-m", "ziglang", "c++", "-mcpu=baseline")
 
 
-def _compiler() -> list[str] | None:
-    """The C++ compiler's command: ``$CXX`` (split as a shell would, e.g. "ccache g++"), else ``g++``,
-    ``c++`` or ``clang++`` on the PATH, else zig's from the ``ziglang`` package; None if there is none."""
+def _compilers() -> list[list[str]]:
+    """The C++ compilers to try, each as a command, in order: ``$CXX`` alone where it is set (split as a shell
+    would, e.g. "ccache g++"); else the first of ``g++``, ``c++``, ``clang++`` on the PATH, then zig's from the
+    ``ziglang`` package where it is installed - also after a system compiler that fails (macOS without the
+    command line tools has a ``clang++`` that only asks to install them; an old g++ without AVX-512)."""
     if os.environ.get("CXX", "").strip():
-        return shlex.split(os.environ["CXX"])
-    for name in ("g++", "c++", "clang++"):
-        if shutil.which(name):
-            return [shutil.which(name)]
+        return [shlex.split(os.environ["CXX"])]
+    found = [[path] for path in map(shutil.which, ("g++", "c++", "clang++")) if path][:1]
     if importlib.util.find_spec("ziglang") is not None:
-        return [sys.executable, *ZIG]
-    return None
+        found.append([sys.executable, *ZIG])
+    return found
+
+
+def _compiler() -> list[str] | None:
+    """The first compiler to try (``_compilers``); None if there is none."""
+    return next(iter(_compilers()), None)
 
 
 def _is_zig(cxx: list[str]) -> bool:
@@ -243,21 +248,53 @@ def compile_command(level: str, cxx: list[str], output: Path, emulate: bool = Fa
     return [*cxx, *COMMON_FLAGS, *flags, f"-DTIREX_LEVEL={spec.number}", str(SOURCE), "-o", str(output)]
 
 
+_fallback_builds: dict[str, str] = {}  # library path -> which compiler after the first built it, and why
+
+
 def build(level: str, cxx: list[str] | None = None, emulate: bool = False) -> Path:
     """Compile ``level`` (whether or not this CPU can run it; ``emulate``: with SIMDe for an AVX2 CPU) into
-    the cache; return the library's path."""
-    cxx = cxx or _compiler()
-    if cxx is None:
+    the cache with ``cxx``, else with the first of ``_compilers()`` that succeeds (a library one of them built
+    before is used as it is: a compiler that fails is not tried again in every process); return its path."""
+    candidates = [cxx] if cxx else _compilers()
+    if not candidates:
         raise RuntimeError(NO_COMPILER)
-    source = SOURCE.read_bytes()
+    for n, candidate in enumerate(candidates):
+        found = _built(level, candidate, emulate)
+        if found is not None:
+            if n > 0:
+                _fallback_builds.setdefault(str(found), f"built with {shlex.join(candidate)}")
+            return found
+    failures = []
+    for candidate in candidates:
+        try:
+            path = _compile(level, candidate, emulate)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            failures.append(f"{shlex.join(candidate)}: {exc}" if isinstance(exc, OSError) else str(exc))
+            continue
+        if failures:
+            _fallback_builds[str(path)] = f"built with {shlex.join(candidate)} ({'; '.join(failures)[-600:]})"
+        return path
+    raise RuntimeError("; ".join(failures))
+
+
+def _library_name(level: str, cxx: list[str], emulate: bool) -> str:
+    """The library's file name: keyed by the source and the whole compile command."""
     command = compile_command(level, cxx, Path("x"), emulate)
-    key = hashlib.sha256(source + " ".join(command).encode()).hexdigest()[:16]
-    name = f"slstm_cpu_{level}{'_emulated' if emulate else ''}_{key}.so"
-    if (cache_dir() / name).exists():  # also from a read-only cache (e.g. baked into an image)
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(command).encode()).hexdigest()[:16]
+    return f"slstm_cpu_{level}{'_emulated' if emulate else ''}_{key}.so"
+
+
+def _built(level: str, cxx: list[str], emulate: bool) -> Path | None:
+    """The library ``cxx`` built before, if any: in the cache (also a read-only one, e.g. baked into an image)
+    or where builds go when the cache cannot be written."""
+    name = _library_name(level, cxx, emulate)
+    if (cache_dir() / name).exists():  # build_dir() only where it is not there: it may set up a temp folder
         return cache_dir() / name
-    target = build_dir() / name
-    if target.exists():
-        return target
+    return build_dir() / name if (build_dir() / name).exists() else None
+
+
+def _compile(level: str, cxx: list[str], emulate: bool) -> Path:
+    target = build_dir() / _library_name(level, cxx, emulate)
     env = None
     if _is_zig(cxx):  # zig's own cache (the C++ library it builds once, 1-2 minutes) beside the kernels
         env = {**os.environ, "ZIG_GLOBAL_CACHE_DIR": os.environ.get("ZIG_GLOBAL_CACHE_DIR") or str(target.parent / "zig")}
@@ -337,6 +374,7 @@ def _key(level: str, emulate: bool) -> str:
     return f"{level} (emulated)" if emulate else level
 
 
+_build_notes: dict[str, str] = {}  # level key -> how its library was built, where not by the first compiler
 _memory_copies: dict[str, tuple[int, str]] = {}  # library path -> (its memfd, why), open while the process runs
 
 
@@ -452,6 +490,8 @@ def load_level(level: str, emulate: bool = False) -> ctypes.CDLL | None:
                 if level != "portable":
                     check_runs(path, level)
                 lib = open_library(path)
+                if str(path) in _fallback_builds:
+                    _build_notes[name] = _fallback_builds[str(path)]
                 _declare(lib)
                 if lib.tirex_level() != LEVELS[level].number:
                     raise RuntimeError(f"library of level {name} reports level {lib.tirex_level()}")
@@ -514,6 +554,8 @@ def _resolve(level: str | None, matmuls: str | None, emulate: bool = False) -> D
         why.append(build_dir_note())
     if memory_note(library):
         why.append(memory_note(library))
+    if _key(chosen, emulate) in _build_notes:
+        why.append(f"level {chosen} {_build_notes[_key(chosen, emulate)]}")
     wanted = matmuls or ("torch" if os.environ.get("TIREX_CPU_GEMM", "1").strip().lower() in OFF else "compiled")
     if wanted not in ("compiled", "torch"):
         raise ValueError(f"matmuls must be 'compiled' or 'torch', got {wanted!r}")
@@ -566,6 +608,7 @@ def reset() -> None:
         _active = None
         _errors.clear()
         _libraries.clear()
+        _build_notes.clear()
         _build_dirs.clear()
         _build_dir_notes.clear()
 
