@@ -133,7 +133,7 @@ def test_info_says_what_runs_here_and_why():
     expected = cpu_kernel.best_level() if cpu_kernel._compiler() else None
     assert info["cpu"]["level"] == expected and info["cpu"]["model"] == cpu_kernel.cpu_model()
     assert info["cpus"]["cpus"] == cpu_budget().cpus and info["torch"] == torch.__version__
-    assert info["compiler"] is None or info["compiler"].split()[0] == cpu_kernel._compiler()[0]
+    assert [c.split()[0] for c in info["compilers"]] == [c[0] for c in cpu_kernel._compilers()]
     gpus = [torch.cuda.get_device_name(n) for n in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     assert info["cuda"]["gpus"] == gpus and info["cuda"]["kernels"] in (True, False)
 

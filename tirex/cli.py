@@ -224,10 +224,9 @@ def machine_info() -> dict:
     from tirex import cpu_kernel
     from tirex.backends import backend_info, cuda_unsupported_reason
 
-    compiler = cpu_kernel._compiler()
     info = {"tirex": tirex.__version__, "torch": torch.__version__, "python": platform.python_version(),
             "platform": f"{platform.system()} {platform.machine()}",
-            "compiler": shlex.join(compiler) if compiler else None,
+            "compilers": [shlex.join(command) for command in cpu_kernel._compilers()],  # tried in this order
             "kernel_cache": str(cpu_kernel.cache_dir()), **backend_info()}
     if cpu_kernel.build_dir() != cpu_kernel.cache_dir():
         info["kernel_builds"] = str(cpu_kernel.build_dir())
@@ -257,7 +256,7 @@ def cmd_info(args) -> int:
             ("weight matmuls", f"{cpu['matmuls']}; bitwise independent of the batch: "
                                f"{'yes' if cpu['batch_independent_bitwise'] else 'no'}"),
             ("fast mode", info["fast_mode"]["what"]),
-            ("compiler", info["compiler"] or NO_COMPILER),
+            ("compilers", ", then ".join(info["compilers"]) or NO_COMPILER),
             ("kernel cache", info["kernel_cache"] + (f" (builds in {info['kernel_builds']})" if "kernel_builds" in info else "")),
             ("GPUs", ", ".join(info["cuda"]["gpus"]) or "none"),
             ("CUDA kernels", info["cuda"]["why"])]
