@@ -111,6 +111,20 @@ def test_failed_build_falls_back(monkeypatch, tmp_path, fresh_dispatch):
     assert cpu_kernel.error()
 
 
+def test_no_compiler_is_said_once_with_how_to_get_one(monkeypatch, tmp_path, fresh_dispatch):
+    """Without any compiler every level fails for the same reason: the dispatch says it once, for all levels,
+    with the ways to get a compiler (the warning used to repeat it per level)."""
+    monkeypatch.setattr(cpu_kernel, "_compilers", lambda: [])
+    monkeypatch.setenv("TIREX_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("TIREX_CPU_ISA", raising=False)
+    dispatch = cpu_kernel.active()
+    assert dispatch.library is None
+    lines = [line for line in dispatch.why if "no C++ compiler" in line]
+    levels = ", ".join(reversed(cpu_kernel.runnable_levels()))
+    assert lines == [f"level{'s' if ',' in levels else ''} {levels} unavailable: {cpu_kernel.NO_COMPILER}"], dispatch.why
+    assert "pip install ziglang" in lines[0]
+
+
 @pytest.mark.skipif(shutil.which("g++") is None or shutil.which("env") is None, reason="needs g++ and env")
 def test_cxx_with_a_launcher_and_arguments_builds(monkeypatch, tmp_path, fresh_dispatch):
     """CXX holding a command line (a launcher such as ccache, or arguments) is split as a shell would:

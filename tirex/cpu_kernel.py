@@ -547,7 +547,12 @@ def _resolve(level: str | None, matmuls: str | None, emulate: bool = False) -> D
             if library is not None:
                 why.append(f"level {chosen} instead")
                 break
-            why.append(f"level {chosen} unavailable: {level_error(chosen)}")
+            error = level_error(chosen)
+            prefix, _, before = why[-1].partition(" unavailable: ")
+            if before == error and prefix.startswith("level"):  # the same reason (no compiler, say): said once
+                why[-1] = f"levels {prefix.split(' ', 1)[1]}, {chosen} unavailable: {error}"
+            else:
+                why.append(f"level {chosen} unavailable: {error}")
     if library is None:
         return Dispatch(None, None, "torch", tuple(why))
     if build_dir_note():
