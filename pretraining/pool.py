@@ -172,7 +172,12 @@ def build_pool(entries=CATALOGUE + (ONLINE_RETAIL,)) -> SeriesSet:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("TIREX_CACHE", Path.home() / ".cache" / "tirex"))
+    if os.environ.get("TIREX_CACHE"):
+        return Path(os.environ["TIREX_CACHE"])
+    try:
+        return Path.home() / ".cache" / "tirex"
+    except (RuntimeError, KeyError, OSError):  # HOME unset and a user id without a passwd entry
+        raise ValueError("no home folder for the pool cache: set TIREX_CACHE or pass --cache-dir") from None
 
 
 def _cached_pool(path: Path, name: str, build, empty: str, rebuild: bool) -> SeriesSet:

@@ -169,6 +169,28 @@ def test_an_unwritable_kernel_cache_builds_in_a_private_temp_folder(monkeypatch,
     assert cpu_kernel.build("portable") == baked / "kernels" / second.name
 
 
+@pytest.mark.skipif(cpu_kernel._compiler() is None, reason="no C++ compiler")
+def test_without_a_home_folder_kernels_build_in_a_private_temp_folder(monkeypatch, tmp_path, fresh_dispatch):
+    """HOME unset and a user id without a passwd entry (a container run under an arbitrary user id):
+    ``Path.home()`` raises, which used to leave no kernels at all (the torch loop). Builds now go to a
+    private temp folder, and the dispatch says why."""
+    for name in ("TIREX_CACHE_DIR", "XDG_CACHE_HOME", "HOME", "TIREX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_home(cls=None):
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", classmethod(no_home))
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    assert cpu_kernel.cache_dir() is None
+    dispatch = cpu_kernel.active()
+    assert dispatch.level == cpu_kernel.best_level(), dispatch.why
+    assert any(line.startswith("no kernel cache (no home folder") for line in dispatch.why), dispatch.why
+    assert cpu_kernel.build_dir().parent == temp and cpu_kernel.build_dir().stat().st_mode & 0o777 == 0o700
+
+
 # In a private mount namespace: a noexec tmpfs as the kernel cache, then a forecast of a small model there
 _NOEXEC_CHILD = """
 import ctypes, json, sys, torch

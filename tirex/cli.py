@@ -227,7 +227,7 @@ def machine_info() -> dict:
     info = {"tirex": tirex.__version__, "torch": torch.__version__, "python": platform.python_version(),
             "platform": f"{platform.system()} {platform.machine()}",
             "compilers": [shlex.join(command) for command in cpu_kernel._compilers()],  # tried in this order
-            "kernel_cache": str(cpu_kernel.cache_dir()), **backend_info()}
+            "kernel_cache": str(cpu_kernel.cache_dir() or "none (no home folder)"), **backend_info()}
     if cpu_kernel.build_dir() != cpu_kernel.cache_dir():
         info["kernel_builds"] = str(cpu_kernel.build_dir())
     gpus = [torch.cuda.get_device_name(n) for n in range(torch.cuda.device_count())] if torch.cuda.is_available() else []

@@ -86,13 +86,23 @@ _errors: dict[str, str] = {}
 _simde_error: str | None = None  # "" once the SIMDe headers were found (emulated levels)
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("TIREX_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tirex"
-    return Path(root) / "kernels"
+def cache_dir() -> Path | None:
+    """The kernel cache: ``$TIREX_CACHE_DIR/kernels``, else ``$XDG_CACHE_HOME/tirex/kernels``, else
+    ``~/.cache/tirex/kernels``; None where there is no home folder to put it in (HOME unset and a user id
+    without a passwd entry, as containers run under an arbitrary id have): builds then go to a private temp
+    folder (``build_dir``)."""
+    if os.environ.get("TIREX_CACHE_DIR"):
+        return Path(os.environ["TIREX_CACHE_DIR"]) / "kernels"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "tirex" / "kernels"
+    try:
+        return Path.home() / ".cache" / "tirex" / "kernels"
+    except (RuntimeError, KeyError, OSError):  # "Could not determine home directory"
+        return None
 
 
-_build_dirs: dict[Path, Path] = {}  # cache_dir() -> where builds go when it is not writable
-_build_dir_notes: dict[Path, str] = {}
+_build_dirs: dict[Path | None, Path] = {}  # cache_dir() -> where builds go when it is not writable
+_build_dir_notes: dict[Path | None, str] = {}
 
 
 def _private_dir(path: Path) -> bool:
@@ -115,6 +125,8 @@ def build_dir() -> Path:
     if preferred in _build_dirs:
         return _build_dirs[preferred]
     try:
+        if preferred is None:
+            raise OSError("no home folder (HOME is unset and this user id has no passwd entry)")
         preferred.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=preferred, prefix=".write-test-")  # really writable (also for root)
         probe.close()
@@ -128,8 +140,9 @@ def build_dir() -> Path:
             pass
         if not _private_dir(chosen):
             chosen = Path(tempfile.mkdtemp(prefix="tirex-kernels-"))  # this process's own
-        _build_dir_notes[preferred] = (f"kernel cache {preferred} is not writable ({exc.strerror or exc}): built in "
-                                       f"{chosen}; set TIREX_CACHE_DIR to a writable folder to keep builds")
+        what = "no kernel cache" if preferred is None else f"kernel cache {preferred} is not writable"
+        _build_dir_notes[preferred] = (f"{what} ({exc.strerror or exc}): built in {chosen}; set TIREX_CACHE_DIR to a "
+                                       "writable folder to keep builds")
     _build_dirs[preferred] = chosen
     return chosen
 
@@ -288,8 +301,9 @@ def _built(level: str, cxx: list[str], emulate: bool) -> Path | None:
     """The library ``cxx`` built before, if any: in the cache (also a read-only one, e.g. baked into an image)
     or where builds go when the cache cannot be written."""
     name = _library_name(level, cxx, emulate)
-    if (cache_dir() / name).exists():  # build_dir() only where it is not there: it may set up a temp folder
-        return cache_dir() / name
+    cache = cache_dir()
+    if cache is not None and (cache / name).exists():  # build_dir() only where it is not: it may set up a temp folder
+        return cache / name
     return build_dir() / name if (build_dir() / name).exists() else None
 
 
