@@ -257,6 +257,27 @@ def test_without_a_system_compiler_zig_from_pypi_builds_the_same_kernels(system,
     assert torch.equal(torch.tensor(child["out"]), here.flatten())
 
 
+@pytest.mark.slow  # zig compiles the SIMDe-emulated AVX-512 source in about 100 s on 2 cores
+@pytest.mark.skipif(importlib.util.find_spec("ziglang") is None or "avx512" not in cpu_kernel.emulatable_levels(),
+                    reason="needs ziglang and an AVX2 CPU that can emulate the AVX-512 level (SIMDe)")
+def test_zig_builds_the_avx512_level_with_the_same_bits(restore_dispatch):
+    """Where zig builds the kernels on an AVX-512 CPU (no system compiler), its AVX-512 level gives the bits of
+    g++'s: checked on the emulated AVX-512 code, which computes what the hardware computes."""
+    zig = [sys.executable, *cpu_kernel.ZIG]
+    cpu_kernel.build("avx512", cxx=zig)  # the real AVX-512 build compiles too (this CPU cannot run it)
+    zig_lib = cpu_kernel.open_library(cpu_kernel.build("avx512", cxx=zig, emulate=True))
+    cpu_kernel._declare(zig_lib)
+    outputs = []
+    for lib in (cpu_kernel.select("avx512", emulate=True).library, zig_lib):
+        cpu_kernel._active = cpu_kernel.Dispatch("avx512", lib, "compiled", ("test",), True)
+        torch.manual_seed(0)
+        model = TiRexModel(ModelConfig(patch_size=8, context_length=64, embed_dim=256, num_heads=2, num_blocks=2,
+                                       input_ff_dim=512)).eval()
+        with torch.no_grad():
+            outputs.append(model(torch.randn(3, 6, 16, generator=torch.Generator().manual_seed(1)))[0])
+    assert torch.equal(*outputs)
+
+
 @pytest.mark.skipif(cpu_kernel._compiler() is None, reason="no C++ compiler")
 def test_portable_level_uses_no_x86_intrinsics():
     """What the portable level compiles is plain C++ (so ARM and any other CPU get the same code)."""
