@@ -40,6 +40,20 @@ def tiny_model(num_blocks: int = 2, noise: float = 0.05, seed: int = 0):
     return model
 
 
+def head128_forward():
+    """The output of a seeded 2-block model with the published head size (128; embedding 256, 2 heads) on a
+    seeded input, through whatever kernels the dispatch holds: one call for comparing two builds."""
+    import torch
+
+    from tirex import ModelConfig, TiRexModel
+
+    torch.manual_seed(0)
+    model = TiRexModel(ModelConfig(patch_size=8, context_length=64, embed_dim=256, num_heads=2, num_blocks=2,
+                                   input_ff_dim=512)).eval()
+    with torch.no_grad():
+        return model(torch.randn(3, 6, 16, generator=torch.Generator().manual_seed(1)))[0]
+
+
 def run_at_once(calls):
     """Run each of ``calls`` (no-argument callables) in a thread of its own, all released together by a
     barrier; their results in order. Fails with every exception a thread raised."""

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_at_once
+from conftest import head128_forward, run_at_once
 from tirex import ModelConfig, TiRexModel, cpu_kernel, load_model
 
 RUNNABLE = cpu_kernel.runnable_levels()
@@ -204,13 +204,11 @@ def test_a_level_that_cannot_be_built_falls_back_to_the_next_lower_one(monkeypat
 # In a process whose PATH has no compiler (and no CXX): which compiler the dispatch found, what it ran, and
 # a forward of a model with the published head size through it
 _NO_SYSTEM_COMPILER = """
-import json, sys, torch
-from tirex import ModelConfig, TiRexModel, cpu_kernel
-torch.manual_seed(0)
-model = TiRexModel(ModelConfig(patch_size=8, context_length=64, embed_dim=256, num_heads=2, num_blocks=2,
-                               input_ff_dim=512)).eval()
-with torch.no_grad():
-    out = model(torch.randn(3, 6, 16, generator=torch.Generator().manual_seed(1)))[0]
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from conftest import head128_forward
+from tirex import cpu_kernel
+out = head128_forward()
 dispatch = cpu_kernel.active()
 print(json.dumps({"compiler": cpu_kernel._compiler(), "level": dispatch.level, "matmuls": dispatch.matmuls,
                   "why": dispatch.why, "out": out.flatten().tolist()}))
@@ -235,8 +233,8 @@ def test_without_a_system_compiler_zig_from_pypi_builds_the_same_kernels(system,
                         "CommandLineTools), missing xcrun' >&2\nexit 1\n")
         fake.chmod(0o755)
     env.update(PATH=str(path), TIREX_CACHE_DIR=str(tmp_path / "cache"), ZIG_GLOBAL_CACHE_DIR=str(zig_cache))
-    proc = subprocess.run([sys.executable, "-c", _NO_SYSTEM_COMPILER], capture_output=True, text=True, env=env,
-                          timeout=900)
+    proc = subprocess.run([sys.executable, "-c", _NO_SYSTEM_COMPILER, str(Path(__file__).parent)], capture_output=True,
+                          text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     child = json.loads(proc.stdout.strip().splitlines()[-1])
     assert child["level"] == cpu_kernel.best_level(), child["why"]
@@ -248,11 +246,7 @@ def test_without_a_system_compiler_zig_from_pypi_builds_the_same_kernels(system,
     assert list((tmp_path / "cache" / "kernels").glob(f"slstm_cpu_{child['level']}_*.so"))
     if cpu_kernel._compiler() is None:
         return  # nothing to compare with
-    torch.manual_seed(0)
-    model = TiRexModel(ModelConfig(patch_size=8, context_length=64, embed_dim=256, num_heads=2, num_blocks=2,
-                                   input_ff_dim=512)).eval()
-    with torch.no_grad():
-        here = model(torch.randn(3, 6, 16, generator=torch.Generator().manual_seed(1)))[0]
+    here = head128_forward()
     assert cpu_kernel.active().level == child["level"] and cpu_kernel.active().matmuls == child["matmuls"]
     assert torch.equal(torch.tensor(child["out"]), here.flatten())
 
@@ -270,11 +264,7 @@ def test_zig_builds_the_avx512_level_with_the_same_bits(restore_dispatch):
     outputs = []
     for lib in (cpu_kernel.select("avx512", emulate=True).library, zig_lib):
         cpu_kernel._active = cpu_kernel.Dispatch("avx512", lib, "compiled", ("test",), True)
-        torch.manual_seed(0)
-        model = TiRexModel(ModelConfig(patch_size=8, context_length=64, embed_dim=256, num_heads=2, num_blocks=2,
-                                       input_ff_dim=512)).eval()
-        with torch.no_grad():
-            outputs.append(model(torch.randn(3, 6, 16, generator=torch.Generator().manual_seed(1)))[0])
+        outputs.append(head128_forward())
     assert torch.equal(*outputs)
 
 

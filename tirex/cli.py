@@ -231,7 +231,7 @@ def machine_info() -> dict:
     if cpu_kernel.build_dir() != cpu_kernel.cache_dir():
         info["kernel_builds"] = str(cpu_kernel.build_dir())
     gpus = [torch.cuda.get_device_name(n) for n in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    reason = cuda_unsupported_reason(torch.device("cuda", 0)) if gpus else "CUDA is not available (no GPU or a CPU-only torch build)"
+    reason = cuda_unsupported_reason(torch.device("cuda", 0))  # says so where CUDA is not available
     info["cuda"] = {"gpus": gpus, "kernels": reason is None, "why": reason or "fused CUDA kernels"}
     return info
 

@@ -45,6 +45,7 @@ import ctypes
 import getpass
 import hashlib
 import importlib.util
+import itertools
 import os
 import platform
 import shlex
@@ -84,6 +85,7 @@ _select_lock = threading.Lock()  # deciding the dispatch
 _libraries: dict[str, ctypes.CDLL] = {}
 _errors: dict[str, str] = {}
 _simde_error: str | None = None  # "" once the SIMDe headers were found (emulated levels)
+_build_notes: dict[str, str] = {}  # level key -> how its library was built, where not by the first compiler
 
 
 def cache_dir() -> Path | None:
@@ -261,31 +263,31 @@ def compile_command(level: str, cxx: list[str], output: Path, emulate: bool = Fa
     return [*cxx, *COMMON_FLAGS, *flags, f"-DTIREX_LEVEL={spec.number}", str(SOURCE), "-o", str(output)]
 
 
-_fallback_builds: dict[str, str] = {}  # library path -> which compiler after the first built it, and why
-
-
 def build(level: str, cxx: list[str] | None = None, emulate: bool = False) -> Path:
     """Compile ``level`` (whether or not this CPU can run it; ``emulate``: with SIMDe for an AVX2 CPU) into
     the cache with ``cxx``, else with the first of ``_compilers()`` that succeeds (a library one of them built
-    before is used as it is: a compiler that fails is not tried again in every process); return its path."""
+    before is used as it is: a compiler that fails is not tried again in every process); return its path.
+    Where a compiler after the first built it, ``_build_notes`` says which (and why)."""
     candidates = [cxx] if cxx else _compilers()
     if not candidates:
         raise RuntimeError(NO_COMPILER)
-    for n, candidate in enumerate(candidates):
-        found = _built(level, candidate, emulate)
+    names = [_library_name(level, candidate, emulate) for candidate in candidates]
+    _build_notes.pop(_key(level, emulate), None)
+    for n, (candidate, name) in enumerate(zip(candidates, names)):
+        found = _built(name)
         if found is not None:
             if n > 0:
-                _fallback_builds.setdefault(str(found), f"built with {shlex.join(candidate)}")
+                _build_notes[_key(level, emulate)] = f"built with {shlex.join(candidate)}"
             return found
     failures = []
-    for candidate in candidates:
+    for candidate, name in zip(candidates, names):
         try:
-            path = _compile(level, candidate, emulate)
+            path = _compile(level, candidate, emulate, name)
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             failures.append(f"{shlex.join(candidate)}: {exc}" if isinstance(exc, OSError) else str(exc))
             continue
         if failures:
-            _fallback_builds[str(path)] = f"built with {shlex.join(candidate)} ({'; '.join(failures)[-600:]})"
+            _build_notes[_key(level, emulate)] = f"built with {shlex.join(candidate)} ({'; '.join(failures)[-600:]})"
         return path
     raise RuntimeError("; ".join(failures))
 
@@ -297,18 +299,18 @@ def _library_name(level: str, cxx: list[str], emulate: bool) -> str:
     return f"slstm_cpu_{level}{'_emulated' if emulate else ''}_{key}.so"
 
 
-def _built(level: str, cxx: list[str], emulate: bool) -> Path | None:
-    """The library ``cxx`` built before, if any: in the cache (also a read-only one, e.g. baked into an image)
-    or where builds go when the cache cannot be written."""
-    name = _library_name(level, cxx, emulate)
+def _built(name: str) -> Path | None:
+    """The library of that name built before, if any: in the cache (also a read-only one, e.g. baked into an
+    image) or where builds go when the cache cannot be written."""
     cache = cache_dir()
     if cache is not None and (cache / name).exists():  # build_dir() only where it is not: it may set up a temp folder
         return cache / name
-    return build_dir() / name if (build_dir() / name).exists() else None
+    built = build_dir() / name
+    return built if built.exists() else None
 
 
-def _compile(level: str, cxx: list[str], emulate: bool) -> Path:
-    target = build_dir() / _library_name(level, cxx, emulate)
+def _compile(level: str, cxx: list[str], emulate: bool, name: str) -> Path:
+    target = build_dir() / name
     env = None
     if _is_zig(cxx):  # zig's own cache (the C++ library it builds once, 1-2 minutes) beside the kernels
         env = {**os.environ, "ZIG_GLOBAL_CACHE_DIR": os.environ.get("ZIG_GLOBAL_CACHE_DIR") or str(target.parent / "zig")}
@@ -388,7 +390,6 @@ def _key(level: str, emulate: bool) -> str:
     return f"{level} (emulated)" if emulate else level
 
 
-_build_notes: dict[str, str] = {}  # level key -> how its library was built, where not by the first compiler
 _memory_copies: dict[str, tuple[int, str]] = {}  # library path -> (its memfd, why), open while the process runs
 
 
@@ -504,8 +505,6 @@ def load_level(level: str, emulate: bool = False) -> ctypes.CDLL | None:
                 if level != "portable":
                     check_runs(path, level)
                 lib = open_library(path)
-                if str(path) in _fallback_builds:
-                    _build_notes[name] = _fallback_builds[str(path)]
                 _declare(lib)
                 if lib.tirex_level() != LEVELS[level].number:
                     raise RuntimeError(f"library of level {name} reports level {lib.tirex_level()}")
@@ -552,21 +551,21 @@ def _resolve(level: str | None, matmuls: str | None, emulate: bool = False) -> D
         why.append(f"level {chosen} emulated with SIMDe on AVX2 + FMA (tests: the {chosen} code on this CPU)")
     library = load_level(chosen, emulate)
     if library is None:
-        why.append(f"level {chosen} unavailable: {level_error(chosen, emulate)}")
+        failed = [(chosen, level_error(chosen, emulate))]
         # not forced: the next lower level this CPU runs (an AVX-512 build an old compiler refuses still
         # leaves the AVX2 kernels and their compiled matmuls), down to portable
         lower = [] if forced else [lv for lv in reversed(runnable_levels()) if LEVELS[lv].number < LEVELS[chosen].number]
         for chosen in lower:
             library = load_level(chosen)
             if library is not None:
-                why.append(f"level {chosen} instead")
                 break
-            error = level_error(chosen)
-            prefix, _, before = why[-1].partition(" unavailable: ")
-            if before == error and prefix.startswith("level"):  # the same reason (no compiler, say): said once
-                why[-1] = f"levels {prefix.split(' ', 1)[1]}, {chosen} unavailable: {error}"
-            else:
-                why.append(f"level {chosen} unavailable: {error}")
+            failed.append((chosen, level_error(chosen)))
+        # levels that failed for the same reason (no compiler, say): one line
+        for error, group in itertools.groupby(failed, key=lambda item: item[1]):
+            levels = [level for level, _ in group]
+            why.append(f"level{'s' if len(levels) > 1 else ''} {', '.join(levels)} unavailable: {error}")
+        if library is not None:
+            why.append(f"level {chosen} instead")
     if library is None:
         return Dispatch(None, None, "torch", tuple(why))
     if build_dir_note():
