@@ -18,6 +18,18 @@ def restore_dispatch():
 
 
 @pytest.fixture(scope="session")
+def default_level():
+    """The kernel level the dispatch picks here in an ordinary environment (no TIREX_CPU_ISA; None: the torch
+    loop, as on an x86 CPU without AVX2 + FMA): what a process in an unusual one (no home folder, a noexec
+    cache, no system compiler) must get too."""
+    from tirex import cpu_kernel
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("TIREX_CPU_ISA", raising=False)
+        return cpu_kernel._resolve(None, None).level
+
+
+@pytest.fixture(scope="session")
 def fixture_dir() -> Path:
     if not FIXTURE.is_dir():
         pytest.skip(f"reference fixture not found at {FIXTURE}")

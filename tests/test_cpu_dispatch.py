@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from conftest import head128_forward, run_at_once
-from tirex import ModelConfig, TiRexModel, cpu_kernel, load_model
+from tirex import ModelConfig, TiRexModel, backends, cpu_kernel, load_model
 
 RUNNABLE = cpu_kernel.runnable_levels()
 # (level, emulated): every level this CPU runs, then those it runs only emulated (the AVX-512 code on an AVX2
@@ -73,6 +74,63 @@ def test_forcing_an_unknown_or_unrunnable_level_is_a_clear_error(monkeypatch, re
     if cpu_kernel.is_x86() and not cpu_kernel._disabled():
         with pytest.raises(RuntimeError, match="cannot run level 'avx2'"):
             cpu_kernel.select("avx2")
+
+
+OLD_X86 = {"sse4_2", "avx"}  # an x86 CPU without AVX2 + FMA: Sandy Bridge, or a VM given a generic CPU model
+
+
+@pytest.mark.skipif(not cpu_kernel.is_x86() or cpu_kernel._compiler() is None or cpu_kernel._disabled(),
+                    reason="needs an x86 CPU and a C++ compiler")
+def test_an_x86_cpu_without_fma_gets_the_faster_torch_loop(monkeypatch, tmp_path, restore_dispatch):
+    """There the portable level's FMA chains are a library call per multiply-add (2-6x slower than the torch
+    loop): the default is the torch loop, without a warning (nothing failed), with the reason; forcing the
+    level still gives it, with the other levels' bits."""
+    monkeypatch.setattr(cpu_kernel, "cpu_flags", lambda: set(OLD_X86))
+    monkeypatch.setenv("TIREX_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("TIREX_CPU_ISA", raising=False)
+    cpu_kernel.reset()
+    dispatch = cpu_kernel.active()
+    assert dispatch.level is None and dispatch.library is None and dispatch.matmuls == "torch", dispatch.why
+    assert dispatch.chosen and dispatch.why[-1] == cpu_kernel.SLOWER_THAN_TORCH, dispatch.why
+    model = _model()
+    backends._warned.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the torch loop by choice is no fallback to warn about
+        q, _ = model.forecast(_series(2), prediction_length=8, output_type="torch")
+    info = model.backend_info()["cpu"]
+    assert info["level"] is None and cpu_kernel.SLOWER_THAN_TORCH in info["why"]
+    assert torch.isfinite(q).all()
+
+    monkeypatch.setenv("TIREX_CPU_ISA", "portable")
+    cpu_kernel.reset()
+    assert cpu_kernel.active().level == "portable" and not cpu_kernel.active().library.tirex_native_fma()
+
+    # an AVX2 CPU whose AVX2 build failed: the same torch loop, but as a fallback from a fixable failure,
+    # which the warning reports
+    monkeypatch.delenv("TIREX_CPU_ISA")
+    monkeypatch.setattr(cpu_kernel, "cpu_flags", lambda: {"avx2", "fma"})
+    real = cpu_kernel.load_level
+    monkeypatch.setattr(cpu_kernel, "load_level", lambda level, emulate=False: None if level == "avx2" else real(level, emulate))
+    cpu_kernel.reset()
+    fallback = cpu_kernel.active()
+    assert fallback.library is None and not fallback.chosen and fallback.why[-1] == cpu_kernel.SLOWER_THAN_TORCH
+    with pytest.warns(RuntimeWarning, match="unavailable .*level avx2 unavailable"):
+        model.forecast(_series(2), prediction_length=8, output_type="torch")
+
+
+@pytest.mark.skipif(not cpu_kernel.is_x86() or shutil.which("g++") is None or "fma" not in cpu_kernel.cpu_flags()
+                    or cpu_kernel._disabled(), reason="needs an x86 CPU with FMA and g++")
+def test_a_portable_build_with_an_fma_instruction_keeps_the_level(monkeypatch, tmp_path, restore_dispatch):
+    """The decision follows the build, not a guess from the architecture: a portable build whose compiler
+    maps std::fma to the instruction (ARM; here g++ -mfma, as on a CPU with FMA but not AVX2) runs the level."""
+    monkeypatch.setattr(cpu_kernel, "cpu_flags", lambda: {"fma", "avx"})
+    monkeypatch.setenv("TIREX_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", "g++ -mfma")
+    monkeypatch.delenv("TIREX_CPU_ISA", raising=False)
+    cpu_kernel.reset()
+    dispatch = cpu_kernel.active()
+    assert dispatch.level == "portable" and dispatch.matmuls == "compiled", dispatch.why
+    assert dispatch.library.tirex_native_fma() and not dispatch.chosen
 
 
 def test_emulation_is_only_for_levels_this_cpu_cannot_run(restore_dispatch):
@@ -217,7 +275,8 @@ print(json.dumps({"compiler": cpu_kernel._compiler(), "level": dispatch.level, "
 
 @pytest.mark.skipif(importlib.util.find_spec("ziglang") is None, reason="pip install ziglang (the dev extras have it)")
 @pytest.mark.parametrize("system", ["none", "failing"])
-def test_without_a_system_compiler_zig_from_pypi_builds_the_same_kernels(system, tmp_path, request):
+def test_without_a_system_compiler_zig_from_pypi_builds_the_same_kernels(system, tmp_path, request, default_level,
+                                                                         restore_dispatch):
     """Where no C++ compiler is installed (a slim container image), or the one on the PATH only fails (macOS
     without the command line tools has a clang++ that asks to install them), there used to be no kernels:
     the torch loop, 5.9x slower at batch 1 (README). With the PyPI package ziglang the dispatch builds them
@@ -233,11 +292,14 @@ def test_without_a_system_compiler_zig_from_pypi_builds_the_same_kernels(system,
                         "CommandLineTools), missing xcrun' >&2\nexit 1\n")
         fake.chmod(0o755)
     env.update(PATH=str(path), TIREX_CACHE_DIR=str(tmp_path / "cache"), ZIG_GLOBAL_CACHE_DIR=str(zig_cache))
+    level = default_level or "portable"  # where the default is the torch loop (x86 without FMA): a level to build
+    if default_level is None:
+        env["TIREX_CPU_ISA"] = level
     proc = subprocess.run([sys.executable, "-c", _NO_SYSTEM_COMPILER, str(Path(__file__).parent)], capture_output=True,
                           text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     child = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert child["level"] == cpu_kernel.best_level(), child["why"]
+    assert child["level"] == level, child["why"]
     if system == "none":
         assert child["compiler"][1:] == list(cpu_kernel.ZIG), child["compiler"]
     else:
@@ -246,8 +308,8 @@ def test_without_a_system_compiler_zig_from_pypi_builds_the_same_kernels(system,
     assert list((tmp_path / "cache" / "kernels").glob(f"slstm_cpu_{child['level']}_*.so"))
     if cpu_kernel._compiler() is None:
         return  # nothing to compare with
+    cpu_kernel.select(level, child["matmuls"])  # the same path here, built by the system compiler
     here = head128_forward()
-    assert cpu_kernel.active().level == child["level"] and cpu_kernel.active().matmuls == child["matmuls"]
     assert torch.equal(torch.tensor(child["out"]), here.flatten())
 
 

@@ -51,10 +51,11 @@ def _warn_once(key: str, message: str) -> None:
 
 
 def _load_cpu_kernel():
+    """(library, why there is none, whether that was chosen rather than for want of a kernel)."""
     from . import inference
 
     dispatch = inference.dispatch()
-    return dispatch.library, None if dispatch.library is not None else "; ".join(dispatch.why)
+    return dispatch.library, None if dispatch.library is not None else "; ".join(dispatch.why), dispatch.chosen
 
 
 def backend_info(model=None) -> dict:
@@ -148,9 +149,10 @@ def resolve(backend: str, wx: torch.Tensor) -> str:
             _warn_once("cuda-on-cpu", f"sLSTM backend 'cuda' was requested for CPU tensors ({hint}); using the CPU path")
         if torch.is_grad_enabled() and wx.requires_grad:
             return "torch"  # the CPU kernel has no backward; autograd runs through the torch loop
-        lib, error = _load_cpu_kernel()
+        lib, error, chosen = _load_cpu_kernel()
         if lib is not None:
             return "cpu"
-        _warn_once("cpu:" + str(error), f"compiled CPU sLSTM kernel unavailable ({error}); falling back to the "
-                   "(slower) torch loop")
+        if not chosen:  # the torch loop by choice (TIREX_CPU_KERNEL=0, or faster on this CPU) is no fallback
+            _warn_once("cpu:" + str(error), f"compiled CPU sLSTM kernel unavailable ({error}); falling back to the "
+                       "(slower) torch loop")
     return "torch"

@@ -8,8 +8,10 @@ what runs; the highest level the CPU supports is chosen once, at the first use:
 ===========  =====================================  =====================================================
 level        needs (CPU flags)                      recurrence and weight matmuls
 ===========  =====================================  =====================================================
-portable     nothing (any CPU, ARM included)        plain C++ (std::fma chains); the weight matmuls only
-                                                    where the compiler has an FMA instruction, else torch's
+portable     nothing (any CPU, ARM included)        plain C++ (std::fma chains). Where the build has no FMA
+                                                    instruction (x86 without AVX2 + FMA) each std::fma is a
+                                                    library call: there the torch loop runs by default
+                                                    (``SLOWER_THAN_TORCH``); forced: torch's matmuls
 avx2         avx2, fma                              256-bit kernels, recurrent product from bf16 pairs
 avx512       avx512f/bw/dq/vl (+ avx2, fma)         512-bit kernels, recurrent product from bf16 pairs
 ===========  =====================================  =====================================================
@@ -528,16 +530,28 @@ class Dispatch:
     matmuls: str  # "compiled" or "torch"
     why: tuple[str, ...]  # one line per decision
     emulated: bool = False  # the level's intrinsics emulated on a lower one (tests: select(level, emulate=True))
+    chosen: bool = False  # no kernel by choice (TIREX_CPU_KERNEL=0, or the torch loop is faster here), not for want of one
 
 
 _active: Dispatch | None = None
+
+# An x86 CPU without AVX2 + FMA (Sandy Bridge and older, Atom-class cores, VMs given a generic CPU model such
+# as QEMU's qemu64 / x86-64-v2, Proxmox's default): the portable level's FMA chains (the same bits as every
+# other level) are a library call per multiply-add there, which made a published-size forecast slower than
+# the torch loop (AMD Zen 3 with the portable level forced: 0.48 s against 0.29 s at batch 1, 23.1 s against
+# 4.2 s at batch 32; glibc's FMA without the instruction, under QEMU's Westmere model: 2.8x slower at batch 1).
+SLOWER_THAN_TORCH = ("level portable has no FMA instruction on this CPU (each multiply-add of its FMA chains "
+                     "would be a library call): the torch loop is faster here and runs instead (within the "
+                     "parity bar, not bitwise batch-independent); TIREX_CPU_ISA=portable forces the level "
+                     "(the other levels' bits, 2-6x slower)")
 
 
 def _resolve(level: str | None, matmuls: str | None, emulate: bool = False) -> Dispatch:
     why = []
     best = best_level()
     if _disabled():
-        return Dispatch(None, None, "torch", ("TIREX_CPU_KERNEL=0: no compiled kernels (torch loop and torch matmuls)",))
+        return Dispatch(None, None, "torch", ("TIREX_CPU_KERNEL=0: no compiled kernels (torch loop and torch matmuls)",),
+                        chosen=True)
     forced = level or os.environ.get("TIREX_CPU_ISA", "").strip().lower() or None
     if forced is not None and forced not in LEVELS:
         raise ValueError(f"TIREX_CPU_ISA / level must be one of {list(LEVELS)}, got {forced!r}")
@@ -550,6 +564,7 @@ def _resolve(level: str | None, matmuls: str | None, emulate: bool = False) -> D
     if emulate:
         why.append(f"level {chosen} emulated with SIMDe on AVX2 + FMA (tests: the {chosen} code on this CPU)")
     library = load_level(chosen, emulate)
+    failed = []
     if library is None:
         failed = [(chosen, level_error(chosen, emulate))]
         # not forced: the next lower level this CPU runs (an AVX-512 build an old compiler refuses still
@@ -568,6 +583,9 @@ def _resolve(level: str | None, matmuls: str | None, emulate: bool = False) -> D
             why.append(f"level {chosen} instead")
     if library is None:
         return Dispatch(None, None, "torch", tuple(why))
+    if chosen == "portable" and not forced and not library.tirex_native_fma():
+        why.append(SLOWER_THAN_TORCH)  # after a higher level failed: a fallback, which warns (a fixable build)
+        return Dispatch(None, None, "torch", tuple(why), chosen=not failed)
     if build_dir_note():
         why.append(build_dir_note())
     if memory_note(library):
