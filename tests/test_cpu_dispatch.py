@@ -22,7 +22,8 @@ RUNNABLE = cpu_kernel.runnable_levels()
 # (level, emulated): every level this CPU runs, then those it runs only emulated (the AVX-512 code on an AVX2
 # CPU through SIMDe, where its headers are installed: bit for bit what AVX-512 hardware computes)
 LEVELS = [(level, False) for level in RUNNABLE] + [(level, True) for level in cpu_kernel.emulatable_levels()]
-LEVEL_PARAMS = [pytest.param(level, emulated, id=f"{level}-emulated" if emulated else level)
+LEVEL_PARAMS = [pytest.param(level, emulated, id=f"{level}-emulated" if emulated else level, marks=pytest.mark.skipif(
+                    cpu_kernel._disabled(), reason="TIREX_CPU_KERNEL=0: no kernels to force"))
                 for level, emulated in LEVELS]
 kernels = pytest.mark.skipif(cpu_kernel.load() is None, reason=f"CPU kernel unavailable: {cpu_kernel.error()}")
 
@@ -150,8 +151,8 @@ def test_emulation_is_only_for_levels_this_cpu_cannot_run(restore_dispatch):
 def test_every_x86_level_runs_here_natively_or_emulated(restore_dispatch):
     """On an x86 CPU with AVX2 + FMA every level's code runs in these tests, natively or emulated; where the
     SIMDe headers are missing the skip says that the AVX-512 code was only compiled."""
-    if "avx2" not in RUNNABLE:
-        pytest.skip("this CPU runs neither the avx2 level nor an emulated avx512 one")
+    if "avx2" not in RUNNABLE or cpu_kernel._disabled():
+        pytest.skip("this CPU runs neither the avx2 level nor an emulated avx512 one, or TIREX_CPU_KERNEL=0")
     missing = [level for level in cpu_kernel.LEVELS if (level, False) not in LEVELS and (level, True) not in LEVELS]
     reasons = {level: cpu_kernel._emulation_error(level) for level in missing}
     if any(reason and "SIMDe" in reason for reason in reasons.values()):
@@ -275,13 +276,13 @@ print(json.dumps({"compiler": cpu_kernel._compiler(), "level": dispatch.level, "
 
 @pytest.mark.skipif(importlib.util.find_spec("ziglang") is None, reason="pip install ziglang (the dev extras have it)")
 @pytest.mark.parametrize("system", ["none", "failing"])
-def test_without_a_system_compiler_zig_from_pypi_builds_the_same_kernels(system, tmp_path, request, default_level,
+def test_without_a_system_compiler_zig_from_pypi_builds_the_same_kernels(system, tmp_path, request, kernel_level,
                                                                          restore_dispatch):
     """Where no C++ compiler is installed (a slim container image), or the one on the PATH only fails (macOS
     without the command line tools has a clang++ that asks to install them), there used to be no kernels:
     the torch loop, 5.9x slower at batch 1 (README). With the PyPI package ziglang the dispatch builds them
     with zig's compiler: the level this CPU runs best, the same bits as the system compiler's here."""
-    env = {k: v for k, v in os.environ.items() if k not in ("CXX", "TIREX_CPU_ISA", "TIREX_CPU_GEMM")}
+    env = {k: v for k, v in os.environ.items() if k not in ("CXX", "TIREX_CPU_GEMM")}
     cache = getattr(request.config, "cache", None)  # pytest's, kept between runs: zig builds its C++ library
     zig_cache = cache.mkdir("zig") if cache is not None else tmp_path / "zig"  # once (1-2 minutes)
     path = tmp_path / "bin"
@@ -292,14 +293,11 @@ def test_without_a_system_compiler_zig_from_pypi_builds_the_same_kernels(system,
                         "CommandLineTools), missing xcrun' >&2\nexit 1\n")
         fake.chmod(0o755)
     env.update(PATH=str(path), TIREX_CACHE_DIR=str(tmp_path / "cache"), ZIG_GLOBAL_CACHE_DIR=str(zig_cache))
-    level = default_level or "portable"  # where the default is the torch loop (x86 without FMA): a level to build
-    if default_level is None:
-        env["TIREX_CPU_ISA"] = level
     proc = subprocess.run([sys.executable, "-c", _NO_SYSTEM_COMPILER, str(Path(__file__).parent)], capture_output=True,
                           text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     child = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert child["level"] == level, child["why"]
+    assert child["level"] == kernel_level, child["why"]
     if system == "none":
         assert child["compiler"][1:] == list(cpu_kernel.ZIG), child["compiler"]
     else:
@@ -308,7 +306,7 @@ def test_without_a_system_compiler_zig_from_pypi_builds_the_same_kernels(system,
     assert list((tmp_path / "cache" / "kernels").glob(f"slstm_cpu_{child['level']}_*.so"))
     if cpu_kernel._compiler() is None:
         return  # nothing to compare with
-    cpu_kernel.select(level, child["matmuls"])  # the same path here, built by the system compiler
+    cpu_kernel.select(kernel_level, child["matmuls"])  # the same path here, built by the system compiler
     here = head128_forward()
     assert torch.equal(torch.tensor(child["out"]), here.flatten())
 

@@ -18,6 +18,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs pip install 'tirex[distributed]'")
 
+from conftest import assert_forecasts_agree  # noqa: E402
 from tirex import load_model  # noqa: E402
 from tirex.cli import main as tirex_main  # noqa: E402
 from tirex.distributed import forecast_dataset, forecast_series  # noqa: E402
@@ -137,7 +138,7 @@ def assert_same_forecasts(got: pd.DataFrame, expected: pd.DataFrame) -> None:
     assert got["item_id"].tolist() == expected["item_id"].tolist()
     assert (got["timestamp"].to_numpy() == expected["timestamp"].to_numpy()).all()
     values = expected.columns[2:]
-    np.testing.assert_allclose(got[values].to_numpy(), expected[values].to_numpy(), rtol=1e-6, atol=1e-6)
+    assert_forecasts_agree(got[values].to_numpy(), expected[values].to_numpy(), groups=expected["item_id"].to_numpy())
 
 
 @pytest.fixture(scope="module")
@@ -183,8 +184,9 @@ def test_partitions_forecast_exactly_like_tirex_forecast(partitioned, model, tmp
     series = [g["target"].to_numpy() for _, g in frames[0].groupby("item_id", sort=True)]
     quantiles, mean = model.forecast(series, prediction_length=H, output_type="numpy")
     mine = pd.read_parquet(out / "part-0.parquet").sort_values(["item_id", "timestamp"])
-    np.testing.assert_allclose(mine[LEVEL_COLUMNS].to_numpy(), quantiles.reshape(-1, 9), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(mine["mean"].to_numpy(), mean.reshape(-1), rtol=1e-6, atol=1e-6)
+    items = mine["item_id"].to_numpy()
+    assert_forecasts_agree(mine[LEVEL_COLUMNS].to_numpy(), quantiles.reshape(-1, 9), groups=items)
+    assert_forecasts_agree(mine["mean"].to_numpy(), mean.reshape(-1), groups=items)
     # a rerun finds everything written and does no work
     again = forecast_dataset(source, H, out, progress=False)
     assert (again.written, again.skipped, again.workers) == (0, 4, 0)
@@ -372,8 +374,8 @@ def test_in_memory_series_equal_model_forecast(model):
     quantiles, mean = forecast_series(series, 13, [0.05, 0.5, 0.9], model, chunk_size=5, num_workers=2)
     expected_q, expected_mean = model.forecast(series, 13, quantile_levels=[0.05, 0.5, 0.9], output_type="numpy")
     assert quantiles.shape == (23, 13, 3) and mean.shape == (23, 13)
-    np.testing.assert_allclose(quantiles, expected_q, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(mean, expected_mean, rtol=1e-6, atol=1e-6)
+    assert_forecasts_agree(quantiles, expected_q)
+    assert_forecasts_agree(mean, expected_mean)
     with pytest.raises(ValueError, match="series 1 is empty"):
         forecast_series([np.ones(5), np.array([])], 3, model=model)
 

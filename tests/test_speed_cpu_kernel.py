@@ -102,6 +102,7 @@ def test_disabled_kernel_runs_the_torch_loop_without_a_warning(monkeypatch, fres
 
 
 def test_failed_build_falls_back(monkeypatch, tmp_path, fresh_dispatch):
+    monkeypatch.delenv("TIREX_CPU_KERNEL", raising=False)  # the reason tested here, not the switch
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("TIREX_CACHE_DIR", str(tmp_path))
     backends._warned.clear()
@@ -117,6 +118,7 @@ def test_no_compiler_is_said_once_with_how_to_get_one(monkeypatch, tmp_path, fre
     monkeypatch.setattr(cpu_kernel, "_compilers", lambda: [])
     monkeypatch.setenv("TIREX_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("TIREX_CPU_ISA", raising=False)
+    monkeypatch.delenv("TIREX_CPU_KERNEL", raising=False)
     dispatch = cpu_kernel.active()
     assert dispatch.library is None
     lines = [line for line in dispatch.why if "no C++ compiler" in line]
@@ -126,18 +128,19 @@ def test_no_compiler_is_said_once_with_how_to_get_one(monkeypatch, tmp_path, fre
 
 
 @pytest.mark.skipif(shutil.which("g++") is None or shutil.which("env") is None, reason="needs g++ and env")
-def test_cxx_with_a_launcher_and_arguments_builds(monkeypatch, tmp_path, fresh_dispatch):
+def test_cxx_with_a_launcher_and_arguments_builds(monkeypatch, tmp_path, kernel_level, fresh_dispatch):
     """CXX holding a command line (a launcher such as ccache, or arguments) is split as a shell would:
     it used to be taken as one program name, the build failed and the torch loop ran."""
     monkeypatch.setenv("CXX", "env TIREX_TEST_LAUNCHER=1 g++")
     monkeypatch.setenv("TIREX_CACHE_DIR", str(tmp_path))
     assert cpu_kernel._compiler()[:2] == ["env", "TIREX_TEST_LAUNCHER=1"]
     assert cpu_kernel.build("portable").parent == tmp_path / "kernels"
-    assert cpu_kernel.active().library is not None, cpu_kernel.active().why
+    assert cpu_kernel.active().level == kernel_level, cpu_kernel.active().why
 
 
 @pytest.mark.skipif(cpu_kernel._compiler() is None, reason="no C++ compiler")
-def test_an_unwritable_kernel_cache_builds_in_a_private_temp_folder(monkeypatch, tmp_path, fresh_dispatch):
+def test_an_unwritable_kernel_cache_builds_in_a_private_temp_folder(monkeypatch, tmp_path, kernel_level,
+                                                                   fresh_dispatch):
     """A read-only home or file system (a container) used to leave no kernels at all (the slow torch loop);
     builds now go to a private folder in the temp directory, and the dispatch says so."""
     blocker = tmp_path / "a-file"
@@ -150,7 +153,7 @@ def test_an_unwritable_kernel_cache_builds_in_a_private_temp_folder(monkeypatch,
     assert path.parent.parent == temp and path.parent.name.startswith("tirex-kernels-")
     assert path.parent.stat().st_mode & 0o777 == 0o700
     dispatch = cpu_kernel.active()
-    assert dispatch.library is not None and any("is not writable" in line for line in dispatch.why), dispatch.why
+    assert dispatch.level == kernel_level and any("is not writable" in line for line in dispatch.why), dispatch.why
 
     # a folder of that name that someone else could write is never used: this process gets one of its own
     cpu_kernel.reset()
@@ -170,12 +173,12 @@ def test_an_unwritable_kernel_cache_builds_in_a_private_temp_folder(monkeypatch,
 
 
 @pytest.mark.skipif(cpu_kernel._compiler() is None, reason="no C++ compiler")
-def test_without_a_home_folder_kernels_build_in_a_private_temp_folder(monkeypatch, tmp_path, default_level,
+def test_without_a_home_folder_kernels_build_in_a_private_temp_folder(monkeypatch, tmp_path, kernel_level,
                                                                          fresh_dispatch):
     """HOME unset and a user id without a passwd entry (a container run under an arbitrary user id):
     ``Path.home()`` raises, which used to leave no kernels at all (the torch loop). Builds now go to a
     private temp folder, and the dispatch says why."""
-    for name in ("TIREX_CACHE_DIR", "XDG_CACHE_HOME", "HOME", "TIREX_CPU_ISA"):
+    for name in ("TIREX_CACHE_DIR", "XDG_CACHE_HOME", "HOME"):
         monkeypatch.delenv(name, raising=False)
 
     def no_home(cls=None):
@@ -185,11 +188,9 @@ def test_without_a_home_folder_kernels_build_in_a_private_temp_folder(monkeypatc
     temp = tmp_path / "tmp"
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
-    if default_level is None:  # the torch loop by default here (x86 without FMA): a level to build
-        monkeypatch.setenv("TIREX_CPU_ISA", "portable")
     assert cpu_kernel.cache_dir() is None
     dispatch = cpu_kernel.active()
-    assert dispatch.level == (default_level or "portable"), dispatch.why
+    assert dispatch.level == kernel_level, dispatch.why
     assert any(line.startswith("no kernel cache (no home folder") for line in dispatch.why), dispatch.why
     assert cpu_kernel.build_dir().parent == temp and cpu_kernel.build_dir().stat().st_mode & 0o777 == 0o700
 
@@ -215,7 +216,7 @@ print(json.dumps({"level": dispatch.level, "direct": direct, "why": dispatch.why
 
 @pytest.mark.skipif(cpu_kernel._compiler() is None or shutil.which("unshare") is None or not sys.platform.startswith(
     "linux"), reason="needs a C++ compiler and unshare (Linux)")
-def test_kernels_run_from_a_noexec_file_system(tmp_path, default_level, fresh_dispatch):
+def test_kernels_run_from_a_noexec_file_system(tmp_path, kernel_level, fresh_dispatch):
     """A kernel cache on a file system mounted noexec (a hardened /tmp or home, a container volume) used to
     leave no kernels at all: they were built, but the loader may not map them ("failed to map segment"), so
     every forecast ran the slow torch loop. They are now loaded from a copy in memory: the same level and
@@ -225,9 +226,6 @@ def test_kernels_run_from_a_noexec_file_system(tmp_path, default_level, fresh_di
     root = [] if os.geteuid() == 0 else ["--map-root-user"]
     script = 'mount -t tmpfs -o noexec tmpfs "$1" || exit 77; exec "$2" -c "$3" "$4"'
     env = {**os.environ, "TIREX_CACHE_DIR": str(cache)}
-    env.pop("TIREX_CPU_ISA", None)
-    if default_level is None:  # the torch loop by default here (x86 without FMA): a level to load
-        env["TIREX_CPU_ISA"] = "portable"
     proc = subprocess.run(["unshare", *root, "--mount", "sh", "-c", script, "sh", str(cache), sys.executable,
                            _NOEXEC_CHILD, str(Path(__file__).parent)], capture_output=True, text=True, env=env,
                           timeout=600)
@@ -237,7 +235,7 @@ def test_kernels_run_from_a_noexec_file_system(tmp_path, default_level, fresh_di
     child = json.loads(proc.stdout.strip().splitlines()[-1])
     if child["direct"]:
         pytest.skip("the noexec mount did not stop libraries from loading here")
-    assert child["level"] == (default_level or "portable"), child["why"]
+    assert child["level"] == kernel_level, child["why"]
     assert any("loaded from a copy in memory" in line for line in child["why"]), child["why"]
     with torch.no_grad():
         here = tiny_model()(torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1)))[0]
