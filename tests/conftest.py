@@ -55,7 +55,7 @@ def fixture_dir() -> Path:
 def batch_bitwise() -> bool:
     """Whether forecasts here are bitwise independent of the batch and the process (the compiled matmuls:
     every CPU kernel level), or only within the spec's parity bar (torch's matmuls: no kernel, as on an x86
-    CPU without AVX2 + FMA or without a compiler, TIREX_CPU_GEMM=0). README "Batch independence"."""
+    CPU without AVX2 + FMA or without a compiler, TIREX_CPU_GEMM=0). README "Every path gives the same bits"."""
     from tirex import backends
 
     return backends.backend_info()["cpu"]["batch_independent_bitwise"]

@@ -128,6 +128,7 @@ def test_a_portable_build_with_an_fma_instruction_keeps_the_level(monkeypatch, t
     monkeypatch.setenv("TIREX_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CXX", "g++ -mfma")
     monkeypatch.delenv("TIREX_CPU_ISA", raising=False)
+    monkeypatch.delenv("TIREX_CPU_GEMM", raising=False)  # the compiled matmuls are part of what is tested
     cpu_kernel.reset()
     dispatch = cpu_kernel.active()
     assert dispatch.level == "portable" and dispatch.matmuls == "compiled", dispatch.why
@@ -195,6 +196,7 @@ def test_a_cpu_that_misreports_its_flags_gets_a_lower_level_not_a_crash(monkeypa
     monkeypatch.setattr(cpu_kernel, "_errors", dict(cpu_kernel._errors))
     monkeypatch.setattr(cpu_kernel, "runnable_levels", lambda flags=None: ["portable", "avx2", "avx512"])
     monkeypatch.delenv("TIREX_CPU_ISA", raising=False)
+    monkeypatch.delenv("TIREX_CPU_GEMM", raising=False)  # the compiled matmuls are part of what is tested
     cpu_kernel._errors.pop(cpu_kernel._key("avx512", False), None)
     chosen = cpu_kernel._resolve(None, None)
     assert chosen.level == "avx2" and chosen.matmuls == "compiled", chosen.why
@@ -253,6 +255,7 @@ def test_a_level_that_cannot_be_built_falls_back_to_the_next_lower_one(monkeypat
     monkeypatch.setattr(cpu_kernel, "runnable_levels", lambda flags=None: ["portable", "avx2", "avx512"])
     monkeypatch.setattr(cpu_kernel, "load_level", refuse_avx512)
     monkeypatch.delenv("TIREX_CPU_ISA", raising=False)
+    monkeypatch.delenv("TIREX_CPU_GEMM", raising=False)  # the compiled matmuls are part of what is tested
     chosen = cpu_kernel._resolve(None, None)
     assert chosen.level == "avx2" and chosen.matmuls == "compiled", chosen.why
     assert any("avx512 unavailable" in line for line in chosen.why) and "level avx2 instead" in chosen.why

@@ -14,6 +14,10 @@ from conftest import run_at_once
 from test_cpu_dispatch import LEVEL_PARAMS
 
 kernels = pytest.mark.skipif(cpu_kernel.load() is None, reason=f"CPU kernel unavailable: {cpu_kernel.error()}")
+# what forecasts use by default here: the prepared forward needs the compiled weight matmuls, which the default
+# dispatch leaves to torch on some machines (no kernel, an x86 CPU without AVX2 + FMA, TIREX_CPU_GEMM=0)
+prepared = pytest.mark.skipif(cpu_kernel.active().matmuls != "compiled",
+                              reason=f"no compiled matmuls by default here: {'; '.join(cpu_kernel.active().why)}")
 
 
 def _model(recurrence="bfloat16", embed=128, heads=2, blocks=3, seed=0):
@@ -77,7 +81,7 @@ def test_the_prepared_forward_gives_the_layer_by_layer_bits(level, emulated, rec
         assert torch.equal(model(many), _layer_by_layer(model, many)[0])
 
 
-@kernels
+@prepared
 def test_forecasts_run_the_prepared_forward_with_the_same_results(monkeypatch, restore_dispatch):
     model = _model()
     rng = np.random.default_rng(0)
@@ -93,7 +97,7 @@ def test_forecasts_run_the_prepared_forward_with_the_same_results(monkeypatch, r
     assert torch.equal(quantiles, layered_q) and torch.equal(mean, layered_mean)
 
 
-@kernels
+@prepared
 def test_the_prepared_forward_follows_every_change_of_the_model(restore_dispatch):
     model = _model()
     tokens = torch.randn(2, 8, 2 * model.config.patch_size)
@@ -133,6 +137,7 @@ def test_the_prepared_forward_follows_every_change_of_the_model(restore_dispatch
     check(True)
 
 
+@prepared
 def test_a_prepared_forward_does_not_keep_its_model_alive():
     model = _model()
     with torch.no_grad():
@@ -146,7 +151,7 @@ def test_a_prepared_forward_does_not_keep_its_model_alive():
     assert len(cpu_forward._prepared) == entries - 1
 
 
-@kernels
+@prepared
 def test_hooks_and_wrapped_layers_take_the_layer_by_layer_path(restore_dispatch):
     model = _model()
     tokens = torch.randn(2, 8, 2 * model.config.patch_size)
@@ -236,7 +241,7 @@ def test_states_of_the_wrong_size_are_a_clear_error():
             model(tokens, snapshot_at=9)
 
 
-@kernels
+@prepared
 def test_fast_mode_and_float64_weights_are_not_prepared(restore_dispatch):
     model = _model()
     tokens = torch.randn(2, 8, 2 * model.config.patch_size)
@@ -250,7 +255,7 @@ def test_fast_mode_and_float64_weights_are_not_prepared(restore_dispatch):
         assert cpu_forward.compiled_forward(_model().double()) is None
 
 
-@kernels
+@prepared
 def test_threads_preparing_at_once_get_the_results_of_one_after_another():
     """Several threads meet a model that is not prepared yet (each may prepare it) and forward at once."""
     import copy
