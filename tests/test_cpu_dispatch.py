@@ -222,6 +222,19 @@ def test_a_library_that_fails_its_check_is_not_loaded(monkeypatch, tmp_path):
     assert len(list(tmp_path.glob("lib.so.runs-*"))) == 1
 
 
+@pytest.mark.parametrize("code", cpu_kernel.ILLEGAL_INSTRUCTION_EXIT)
+def test_an_illegal_instruction_on_windows_fails_the_check(monkeypatch, tmp_path, code):
+    """Windows reports a child killed by an illegal instruction as exit code 0xC000001D, not as a signal: the
+    check refuses the level there too (it used to read as "the check could not run" and trust the flags)."""
+    path = tmp_path / "lib.so"
+    path.write_bytes(b"")
+    monkeypatch.setattr(cpu_kernel.subprocess, "run",
+                        lambda args, **kwargs: subprocess.CompletedProcess(args, code, "", ""))
+    with pytest.raises(RuntimeError, match="does not run on this CPU .exit code"):
+        cpu_kernel.check_runs(path, "avx512")
+    assert not list(tmp_path.glob("lib.so.runs-*"))
+
+
 def test_without_proc_cpuinfo_the_flags_come_from_torchs_vector_level(monkeypatch, tmp_path):
     """Where the OS does not list the flags (Windows, a sandbox without /proc/cpuinfo) an x86 CPU used to
     get the portable level (torch's matmuls); the vector level torch chose for it now gives the flags."""

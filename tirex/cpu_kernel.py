@@ -454,6 +454,11 @@ print("ok")
 """
 
 
+# Windows ends a process that executes an illegal instruction with STATUS_ILLEGAL_INSTRUCTION as its exit code
+# (no signal, so no negative return code): unsigned as Python reports it there, and as a signed 32-bit value.
+ILLEGAL_INSTRUCTION_EXIT = (0xC000001D, 0xC000001D - 2**32)
+
+
 def check_runs(path: Path, level: str) -> None:
     """Raise RuntimeError if the library at ``path`` does not run here: ``PROBE`` in a child process dies of
     a signal (SIGILL: the CPU or VM reports instructions it cannot execute) or computes wrong values. A check
@@ -469,8 +474,10 @@ def check_runs(path: Path, level: str) -> None:
                               timeout=120)
     except (OSError, subprocess.SubprocessError):
         return
-    if proc.returncode < 0:
-        raise RuntimeError(f"level {level} does not run on this CPU (signal {-proc.returncode} in a check): the CPU "
+    if proc.returncode < 0 or proc.returncode in ILLEGAL_INSTRUCTION_EXIT:
+        how = (f"exit code {proc.returncode % 2**32:#x}" if proc.returncode in ILLEGAL_INSTRUCTION_EXIT else
+               f"signal {-proc.returncode}")
+        raise RuntimeError(f"level {level} does not run on this CPU ({how} in a check): the CPU "
                            "or VM reports instructions it cannot execute")
     if "AssertionError" in proc.stderr:
         raise RuntimeError(f"level {level} computes wrong values here: {proc.stderr.strip().splitlines()[-1][-300:]}")
