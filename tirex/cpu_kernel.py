@@ -474,9 +474,13 @@ def check_runs(path: Path, level: str) -> None:
                               timeout=120)
     except (OSError, subprocess.SubprocessError):
         return
-    if proc.returncode < 0 or proc.returncode in ILLEGAL_INSTRUCTION_EXIT:
-        how = (f"exit code {proc.returncode % 2**32:#x}" if proc.returncode in ILLEGAL_INSTRUCTION_EXIT else
-               f"signal {-proc.returncode}")
+    if proc.returncode in ILLEGAL_INSTRUCTION_EXIT:
+        how = f"exit code {proc.returncode % 2**32:#x}"
+    elif proc.returncode < 0:
+        how = f"signal {-proc.returncode}"
+    else:
+        how = None
+    if how:
         raise RuntimeError(f"level {level} does not run on this CPU ({how} in a check): the CPU "
                            "or VM reports instructions it cannot execute")
     if "AssertionError" in proc.stderr:
