@@ -663,3 +663,65 @@ def test_concurrent_forecasts_equal_sequential_ones(matmuls, restore_dispatch):
             assert torch.equal(q, sequential[i % len(jobs)]), i
     finally:
         torch.set_num_threads(before)
+
+
+GRAVITON2_CPUINFO = """processor\t: 0
+BogoMIPS\t: 243.75
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU variant\t: 0x3
+CPU part\t: 0xd0c
+CPU revision\t: 1
+
+processor\t: 1
+BogoMIPS\t: 243.75
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU variant\t: 0x3
+CPU part\t: 0xd0c
+CPU revision\t: 1
+"""
+
+
+def test_an_arm_cpu_is_named_by_its_core(monkeypatch, tmp_path):
+    """Linux on ARM has no "model name" in /proc/cpuinfo: benchmark records and backend_info() said only
+    "aarch64". The core now comes from the implementer and part numbers (an AWS Graviton2's here), an unknown
+    part by its numbers; the ARM flags are recorded and only the portable level is offered."""
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(cpu_kernel, "CPUINFO", cpuinfo)
+    monkeypatch.setattr(cpu_kernel, "is_x86", lambda: False)
+    cpuinfo.write_text(GRAVITON2_CPUINFO)
+    assert cpu_kernel.cpu_model() == "ARM Neoverse-N1"
+    assert cpu_kernel.isa_flags() == ["asimd"]
+    assert cpu_kernel.runnable_levels() == ["portable"]
+    cpuinfo.write_text(GRAVITON2_CPUINFO.replace("0xd0c", "0xdff").replace("0x41", "0x6d"))
+    assert cpu_kernel.cpu_model() == "implementer 0x6d (ARM part 0xdff)"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: ARMv7 Processor rev 3 (v7l)\nFeatures\t: half thumb neon\n")
+    assert cpu_kernel.cpu_model() == "ARMv7 Processor rev 3 (v7l)"
+
+
+def test_macos_and_other_systems_name_the_cpu_and_its_flags(monkeypatch, tmp_path):
+    """Without /proc/cpuinfo: macOS on Apple silicon reports its brand string and its ARM features (sysctl), an
+    Intel Mac its x86 flags; where sysctl fails, an x86 CPU's flags still come from torch; platform's
+    "unknown" processor is no name."""
+    monkeypatch.setattr(cpu_kernel, "CPUINFO", tmp_path / "no-cpuinfo")
+    monkeypatch.setattr(cpu_kernel.platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(cpu_kernel, "is_x86", lambda: False)
+    answers = {"machdep.cpu.brand_string": "Apple M2 Pro", "hw.optional.AdvSIMD": "1", "hw.optional.arm.FEAT_BF16": "1"}
+    monkeypatch.setattr(cpu_kernel, "_sysctl", lambda name: answers.get(name, ""))
+    assert cpu_kernel.cpu_model() == "Apple M2 Pro"
+    assert cpu_kernel.isa_flags() == ["asimd", "bf16"]
+    answers["hw.optional.arm.FEAT_BF16"] = "0"  # an M1
+    assert cpu_kernel.isa_flags() == ["asimd"]
+    monkeypatch.setattr(cpu_kernel, "is_x86", lambda: True)
+    answers.update({"machdep.cpu.features": "FPU SSE4.2 AVX1.0 FMA", "machdep.cpu.leaf7_features": "AVX2 AVX512F"})
+    assert {"avx2", "fma", "avx512f"} <= cpu_kernel.cpu_flags()
+    answers.clear()  # sysctl fails: torch's vector level gives the x86 flags
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert cpu_kernel.cpu_flags() == {"avx2", "fma"}
+    monkeypatch.setattr(cpu_kernel.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(cpu_kernel.platform, "processor", lambda: "unknown")
+    monkeypatch.setattr(cpu_kernel.platform, "machine", lambda: "riscv64")
+    assert cpu_kernel.cpu_model() == "riscv64"

@@ -90,7 +90,7 @@ def backend_info(model=None) -> dict:
         "fast_mode": {
             "native_bfloat16": fast,
             "amx": "amx_bf16" in flags,
-            "what": "bfloat16 weight matmuls in torch (oneDNN: AMX or AVX512-BF16)" if fast else
+            "what": "bfloat16 weight matmuls in torch (oneDNN: AMX or AVX512-BF16 on x86, BF16 on ARM)" if fast else
                     "this CPU emulates bfloat16 matmuls: set_fast_mode(True) keeps the exact mode",
         },
         "threads": torch.get_num_threads(),

@@ -177,6 +177,18 @@ def _torch_flags() -> set[str]:
     return flags | ({"avx512f", "avx512bw", "avx512dq", "avx512vl"} if capability == "AVX512" else set())
 
 
+def _sysctl(name: str) -> str:
+    """``sysctl -n name`` (macOS), "" where that fails (another OS, an unknown name)."""
+    try:
+        return subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+# Apple silicon lists its features as sysctl switches (1: present), named as Linux names them on ARM.
+DARWIN_ARM_FLAGS = {"hw.optional.AdvSIMD": "asimd", "hw.optional.arm.FEAT_BF16": "bf16"}
+
+
 def cpu_flags() -> set[str]:
     """The CPU's feature flags as Linux reports them (/proc/cpuinfo; on macOS sysctl; elsewhere on x86 what
     torch's vector level implies); empty if unknown."""
@@ -186,15 +198,14 @@ def cpu_flags() -> set[str]:
                 return set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    if platform.system() == "Darwin" and is_x86():
-        try:
-            out = subprocess.run(["sysctl", "-n", "machdep.cpu.features", "machdep.cpu.leaf7_features"],
-                                 capture_output=True, text=True, timeout=5).stdout
-            names = {word.lower().replace(".", "_") for word in out.split()}
-            renamed = {"avx2_0": "avx2", "avx512bf16": "avx512_bf16"}  # sysctl spells a few differently
+    if platform.system() == "Darwin" and not is_x86():
+        return {flag for name, flag in DARWIN_ARM_FLAGS.items() if _sysctl(name) == "1"}
+    if platform.system() == "Darwin":
+        names = {word.lower().replace(".", "_") for word in
+                 (_sysctl("machdep.cpu.features") + " " + _sysctl("machdep.cpu.leaf7_features")).split()}
+        renamed = {"avx2_0": "avx2", "avx512bf16": "avx512_bf16"}  # sysctl spells a few differently
+        if names:
             return {renamed.get(n, n) for n in names}
-        except (OSError, subprocess.SubprocessError):
-            pass
     return _torch_flags() if is_x86() else set()
 
 
@@ -209,14 +220,54 @@ def isa_flags(flags: set[str] | None = None) -> list[str]:
     return sorted(flags & set(ISA_FLAGS))
 
 
+# ARM CPUs by the implementer and part numbers of their main ID register, as Linux's /proc/cpuinfo gives them
+# ("CPU implementer", "CPU part"; it has no "model name" there): the cores of the common ARM servers and
+# boards (AWS Graviton 2/3/4: Neoverse N1/V1/V2, Ampere Altra: N1, NVIDIA Grace: V2, Raspberry Pi 4/5:
+# Cortex-A72/A76). Others are named by their numbers.
+ARM_IMPLEMENTERS = {"0x41": "ARM", "0x46": "Fujitsu", "0x48": "HiSilicon", "0x4e": "NVIDIA", "0x51": "Qualcomm",
+                    "0x61": "Apple", "0xc0": "Ampere"}
+ARM_PARTS = {("0x41", "0xd03"): "Cortex-A53", ("0x41", "0xd05"): "Cortex-A55", ("0x41", "0xd07"): "Cortex-A57",
+             ("0x41", "0xd08"): "Cortex-A72", ("0x41", "0xd09"): "Cortex-A73", ("0x41", "0xd0b"): "Cortex-A76",
+             ("0x41", "0xd0c"): "Neoverse-N1", ("0x41", "0xd40"): "Neoverse-V1", ("0x41", "0xd41"): "Cortex-A78",
+             ("0x41", "0xd44"): "Cortex-X1", ("0x41", "0xd49"): "Neoverse-N2", ("0x41", "0xd4f"): "Neoverse-V2",
+             ("0x41", "0xd84"): "Neoverse-V3", ("0x41", "0xd8e"): "Neoverse-N3", ("0x46", "0x001"): "A64FX",
+             ("0x48", "0xd01"): "Kunpeng-920"}
+
+
 def cpu_model() -> str:
+    """The CPU's name for reports and benchmark records: Linux's "model name" (x86), the core named by
+    its implementer and part numbers (ARM), macOS's brand string (Apple M1 ...), Windows' processor name,
+    else what ``platform`` knows."""
+    fields: dict[str, str] = {}
     try:
         for line in CPUINFO.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if not line.strip() and fields:  # the end of the first CPU's block
+                break
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    if fields.get("model name"):
+        return fields["model name"]
+    implementer, part = fields.get("CPU implementer", "").lower(), fields.get("CPU part", "").lower()
+    if implementer:
+        name = ARM_PARTS.get((implementer, part))
+        vendor = ARM_IMPLEMENTERS.get(implementer, f"implementer {implementer}")
+        return f"{vendor} {name}" if name else f"{vendor} (ARM part {part or '?'})"
+    if platform.system() == "Darwin":
+        brand = _sysctl("machdep.cpu.brand_string")
+        if brand:
+            return brand
+    if platform.system() == "Windows":
+        try:
+            import winreg
+
+            with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, r"HARDWARE\DESCRIPTION\System\CentralProcessor\0") as key:
+                return str(winreg.QueryValueEx(key, "ProcessorNameString")[0]).strip()
+        except (ImportError, OSError):
+            pass
+    processor = platform.processor()
+    return processor if processor and processor != "unknown" else platform.machine()
 
 
 def runnable_levels(flags: set[str] | None = None) -> list[str]:

@@ -50,7 +50,8 @@ def kernel_threads() -> int:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices natively (oneDNN's check: AVX512-BF16 or AMX).
+    """Whether this CPU multiplies bfloat16 matrices natively (oneDNN's check: AVX512-BF16 or AMX on x86, the
+    BF16 extension on ARM Linux, e.g. Neoverse V1/V2).
     Elsewhere torch emulates them: 8 GFLOP/s against 45 for float32 on an AMD Zen 3 core."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
