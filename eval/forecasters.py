@@ -13,6 +13,7 @@ then Naive when a fit fails) and ``CallableForecaster`` (any function with the `
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence, runtime_checkable
@@ -235,6 +236,10 @@ class StatsForecaster:
     def __post_init__(self):
         if self.name not in BASELINES:
             raise ValueError(f"unknown baseline {self.name!r}; choose one of {', '.join(BASELINES)}")
+        try:  # without it every fit "failed" and each series silently got its last value repeated
+            importlib.import_module("statsforecast")
+        except ImportError as exc:
+            raise ImportError(f"the {self.name} baseline needs statsforecast: pip install 'tirex[eval]'") from exc
         if self.intervals is None:
             # the published Naive / Seasonal Naive results of both leaderboards are point forecasts repeated at
             # every quantile level; the Auto* models use their normal prediction intervals

@@ -57,7 +57,7 @@ def evaluate_task(model, task: str, season: int) -> dict[str, float]:
     histories = [full[:-horizon] for _, full, _ in rows]
     y = np.stack([full[-horizon:] for _, full, _ in rows])
     levels = model.config.quantile_levels
-    context = pad_batch([torch.from_numpy(h[-model.config.context_length:]) for h in histories])
+    context = pad_batch([torch.tensor(h[-model.config.context_length:]) for h in histories])  # copies: read-only arrays too
     raw = model.rollout(context, horizon).double().numpy()
     variants = {"raw": raw, "sorted": np.sort(raw, axis=-1)}
     kept, _ = model.forecast(histories, horizon, output_type="numpy", keep_sign=True)

@@ -147,8 +147,11 @@ def _infer_freq(timestamps) -> str:
     try:
         import pandas as pd
 
+        from tirex.timestamps import infer_offset
+
         ts = pd.DatetimeIndex(np.asarray(timestamps)[:50])
-        return freq_class(pd.infer_freq(ts)) if len(ts) >= 3 else "unknown"
+        offset = infer_offset(ts) if len(ts) >= 3 else None
+        return freq_class(offset.freqstr) if offset is not None else "unknown"
     except Exception:
         return "unknown"
 

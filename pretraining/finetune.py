@@ -258,7 +258,9 @@ def finetune(
     tuned = copy.deepcopy(original)
     tuned.set_recurrence_dtype("float32")  # train in float32; the original numerics are restored below
     train_parts = [s[:-horizon] for s in series]
-    contexts = torch.stack([window(torch.from_numpy(s[None]).float(), cfg.context_length)[0] for s in train_parts])
+    # torch.tensor copies: series may be read-only arrays (pandas 3), which torch.from_numpy cannot share
+    contexts = torch.stack([window(torch.tensor(s[None], dtype=torch.float32), cfg.context_length)[0]
+                            for s in train_parts])
     targets = torch.from_numpy(np.stack([s[-horizon:] for s in series]).astype(np.float32))
     before = weighted_quantile_loss(original, contexts, targets)
 

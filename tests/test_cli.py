@@ -151,7 +151,7 @@ def daily(n=60):
 def test_epoch_second_timestamps_are_read_as_seconds(tmp_path, model_dir):
     """Item 3: integer epoch seconds were read as nanoseconds (forecasts stamped 1970-01-01 00:00:01.6)."""
     src = tmp_path / "epoch.csv"
-    pd.DataFrame({"timestamp": daily().asi8 // 10**9, "target": np.sin(np.arange(60) / 3)}).to_csv(src, index=False)
+    pd.DataFrame({"timestamp": daily().as_unit("s").asi8, "target": np.sin(np.arange(60) / 3)}).to_csv(src, index=False)
     out = tmp_path / "out.csv"
     assert main(["forecast", str(src), "-H", "2", "--model", model_dir, "-o", str(out)]) == 0
     assert pd.read_csv(out)["timestamp"].tolist() == ["2024-03-01", "2024-03-02"]

@@ -1,5 +1,8 @@
 """The forecaster interface: baselines, our models, callables, and output validation."""
 
+import importlib.util
+import sys
+
 import numpy as np
 import pytest
 
@@ -9,8 +12,19 @@ from tirex_eval.forecasters import (
 )
 
 LEVELS = list(QUANTILE_LEVELS)
+needs_statsforecast = pytest.mark.skipif(importlib.util.find_spec("statsforecast") is None,
+                                         reason="the baselines need statsforecast (pip install 'tirex[eval]')")
 
 
+def test_a_baseline_without_statsforecast_is_an_error_not_a_repeated_last_value(monkeypatch):
+    """Without statsforecast every fit failed into the fallback chain and each series got its last value
+    repeated, scored as if it were the baseline; now the baseline refuses at once and says what to install."""
+    monkeypatch.setitem(sys.modules, "statsforecast", None)  # import statsforecast -> ImportError
+    with pytest.raises(ImportError, match=r"tirex\[eval\]"):
+        StatsForecaster("auto_ets")
+
+
+@needs_statsforecast
 def test_seasonal_naive_repeats_the_last_season_at_every_level():
     y = np.arange(1.0, 13.0)  # 1..12, season 4 -> last season 9, 10, 11, 12
     quantiles, mean = StatsForecaster("seasonal_naive").predict_quantiles([y], 6, LEVELS, season_length=4)
@@ -19,6 +33,7 @@ def test_seasonal_naive_repeats_the_last_season_at_every_level():
     np.testing.assert_allclose(quantiles[0], np.repeat(mean[0][:, None], 9, axis=1))
 
 
+@needs_statsforecast
 def test_naive_and_short_histories():
     quantiles, mean = StatsForecaster("naive").predict_quantiles([np.array([3.0, 5.0])], 3, LEVELS, season_length=12)
     np.testing.assert_allclose(mean, [[5, 5, 5]])
@@ -26,6 +41,7 @@ def test_naive_and_short_histories():
     np.testing.assert_allclose(mean, [[5, 5, 5]])  # history shorter than a season -> season 1
 
 
+@needs_statsforecast
 def test_auto_ets_gives_monotone_quantiles_centred_on_the_mean():
     rng = np.random.default_rng(0)
     series = [10 + np.sin(np.arange(48) * np.pi / 6) + rng.normal(0, 0.3, 48) for _ in range(2)]
@@ -35,6 +51,7 @@ def test_auto_ets_gives_monotone_quantiles_centred_on_the_mean():
     np.testing.assert_allclose(quantiles[..., 4], mean)
 
 
+@needs_statsforecast
 def test_failing_model_falls_back_to_seasonal_naive(monkeypatch):
     import tirex_eval.forecasters as forecasters
 
@@ -72,6 +89,7 @@ def test_our_model_through_the_adapter():
     assert quantiles.shape == (2, 20, 9) and mean.shape == (2, 20)
 
 
+@needs_statsforecast
 def test_make_forecaster_dispatch():
     assert isinstance(make_forecaster("Seasonal-Naive"), StatsForecaster)
     fn = CallableForecaster("x", lambda s, h, q, m: None)

@@ -10,6 +10,7 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb
 def test_quickstart_notebook_executes(tmp_path):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("gluonts", reason="the notebook's GluonTS cell needs it (pip install 'tirex[gluonts]')")
     from tirex import bundled_model_dir
 
     if not (bundled_model_dir() / "model.safetensors").is_file():

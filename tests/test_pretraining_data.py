@@ -466,6 +466,7 @@ def test_seasonal_naive_fills_gaps_forward():
 
 
 def test_validation_series_remember_their_origin_and_can_be_left_out(good_corpus, monkeypatch):
+    pytest.importorskip("fracast", reason="the validation scores the fracast baseline (pip install 'tirex[eval]')")
     from tirex_pretraining import validate as v
     from tirex_pretraining.corpus import SeriesSet
     from tirex_pretraining.datamodule import split_sources

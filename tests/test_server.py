@@ -213,7 +213,7 @@ def test_freq_sets_the_step_of_the_forecast_timestamps(model):
                           "target": np.sin(np.arange(40.0))})
     inferred = model.forecast(frame, prediction_length=3)
     assert list(inferred.timestamp) == list(pd.date_range("2024-02-10", periods=3, freq="D"))
-    mondays = frame[frame.timestamp.dt.dayofweek == 0]  # anchored: the first step after the data is a Monday
+    mondays = frame[frame.timestamp.dt.day_of_week == 0]  # anchored: the first step after the data is a Monday
     weekly = model.forecast(mondays, prediction_length=3, freq="W-MON")
     assert list(weekly.timestamp) == list(pd.date_range(mondays.timestamp.max(), periods=4, freq="W-MON")[1:])
     with pytest.raises(ValueError, match="not on a W-MON grid"):  # a frequency the timestamps contradict

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tirex.io import InputError, InputTypeError, future_timestamps, parse_timestamps, read_table, to_long, validate_table
+from tirex.timestamps import infer_offset
 from tirex.validation import (
     MAX_PREDICTION_LENGTH,
     as_float_array,
@@ -138,8 +139,27 @@ def test_future_timestamps():
     assert list(future_timestamps(10, 5, 3)) == [15, 20, 25]
     assert future_timestamps(pd.Timestamp("2024-01-31"), pd.tseries.frequencies.to_offset("ME"), 2)[1] == \
         pd.Timestamp("2024-03-31")
-    with pytest.raises(InputError, match="2262"):
-        future_timestamps(pd.Timestamp("2024-01-01"), pd.tseries.frequencies.to_offset("D"), 100_000)
+    with pytest.raises(InputError, match="2262"):  # tables' timestamps are nanoseconds (pandas 3: not by default)
+        future_timestamps(pd.Timestamp("2024-01-01").as_unit("ns"), pd.tseries.frequencies.to_offset("D"), 100_000)
+
+
+def test_timestamps_parse_without_warnings_and_alike_on_every_pandas():
+    """pandas 3 raised on offsets that change within a column (a crash deep in pandas where pandas 2 warned),
+    warned on every frequency inference (infer_freq's return type) and on numbers among dates: with warnings as
+    errors, dates with a DST change, numbers among dates, and a table with a gap validate the same as before."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stamps = parse_timestamps(pd.Series(["2024-10-27T01:00+02:00", "2024-10-27T02:00+02:00", "2024-10-27T02:00+01:00",
+                                             "2024-10-27T03:00+01:00"]))  # the clocks go back: hourly in UTC
+        assert str(stamps.dt.tz) == "UTC" and (stamps.diff().dropna() == pd.Timedelta(hours=1)).all()
+        mixed = parse_timestamps(pd.Series(["2024-01-01", 5, "2024-01-03"], dtype=object))
+        assert mixed.notna().tolist() == [True, False, True]
+        hours = pd.date_range("2024-01-01", periods=30, freq="h").delete([7, 8])  # a gap: inferred across it
+        table = validate_table(pd.DataFrame({"timestamp": hours, "target": np.arange(28.0)}), "t", "long", None,
+                               "timestamp", "target")
+        assert table.freqs[next(iter(table.freqs))] == pd.tseries.frequencies.to_offset("h") and len(table.frame) == 30
+        weekly = pd.date_range("2024-01-07", periods=10, freq="W-SUN")
+        assert infer_offset(weekly) == pd.tseries.frequencies.to_offset("W-SUN") and infer_offset(weekly[[0, 1, 3]]) is None
 
 
 # ----------------------------------------------------------------------------------------------- tables
@@ -311,3 +331,18 @@ def test_readme_bad_input_table_is_covered_by_tests():
             module, name = ref.split("::")
             source = (root / "tests" / f"{module}.py").read_text()
             assert f"def {name}(" in source, f"{ref} (README row: {cells[0]})"
+
+
+def test_read_only_arrays_are_copied_not_shared_with_torch():
+    """pandas 3 hands out read-only arrays (copy-on-write: Series.to_numpy()), as does a memory-mapped file:
+    torch warned that writing to such a tensor is undefined (once per process, hence a fresh one, warnings as
+    errors). The series is copied; a writable one is still not copied."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np\nfrom tirex.validation import to_series_list\n"
+            "a = np.arange(5.0); a.setflags(write=False)\nt = to_series_list([a])[0]\n"
+            "assert t.tolist() == a.tolist() and not np.shares_memory(t.numpy(), a)\n"
+            "b = np.arange(5.0)\nassert np.shares_memory(to_series_list([b])[0].numpy(), b)\nprint('ok')\n")
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "ok", proc.stderr[-1500:]

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -77,13 +78,19 @@ def _load_local(path: Path) -> TiRexModel:
     raise ValueError(f"{path}: expected a model folder, a .ckpt or a .safetensors file")
 
 
-def _network_errors() -> tuple[type[BaseException], ...]:
-    try:  # huggingface_hub >= 1.0 speaks httpx
-        import httpx
+# The HTTP clients huggingface_hub has used: requests (< 1.0; its errors are OSErrors), httpx (1.x), httpx2 (2.x).
+HTTP_CLIENTS = ("httpx", "httpx2")
 
-        return (OSError, httpx.HTTPError)
-    except ImportError:
-        return (OSError,)
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a failed Hub request raises with the installed huggingface_hub: OSError and the base
+    error of its HTTP client (those already imported: huggingface_hub imports its own)."""
+    errors: list[type[BaseException]] = [OSError]
+    for name in HTTP_CLIENTS:
+        error = getattr(sys.modules.get(name), "HTTPError", None)
+        if isinstance(error, type) and issubclass(error, BaseException):
+            errors.append(error)
+    return tuple(errors)
 
 
 def hub_unreachable(timeout_s: float = 5.0) -> str | None:

@@ -57,19 +57,27 @@ def parse_timestamps(values: pd.Series) -> pd.Series:
     as_numbers = pd.to_numeric(values, errors="coerce")
     if values.notna().any() and as_numbers[values.notna()].notna().all():  # numbers stored as text
         return _numeric_timestamps(as_numbers)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "could not infer format" for the element-wise retry
-        warnings.simplefilter("ignore", FutureWarning)  # mixed offsets: handled right below (utc=True)
-        stamps = pd.to_datetime(values, format="ISO8601", errors="coerce")
-        if not pd.api.types.is_datetime64_any_dtype(stamps):  # mixed offsets
-            stamps = pd.to_datetime(values, format="ISO8601", errors="coerce", utc=True)
-        failed = stamps.isna() & values.notna()
-        if failed.any():
-            retry = pd.to_datetime(values[failed], format="mixed", errors="coerce", utc=stamps.dt.tz is not None)
-            stamps = stamps.where(~failed, retry) if pd.api.types.is_datetime64_any_dtype(retry) else stamps
     # numbers among dates have no unit pandas could know (it would read them as nanoseconds): not timestamps
     numbers = values.map(lambda v: isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_)))
-    return stamps.mask(numbers.to_numpy()) if numbers.any() else stamps
+    text = values.mask(numbers.to_numpy()) if numbers.any() else values
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "could not infer format" for the element-wise retry
+        warnings.simplefilter("ignore", FutureWarning)  # mixed offsets (pandas 2): handled right below (utc=True)
+        try:
+            stamps = pd.to_datetime(text, format="ISO8601", errors="coerce")
+        except ValueError:  # mixed offsets (pandas 3 raises: "Mixed timezones detected")
+            stamps = None
+        if stamps is None or not pd.api.types.is_datetime64_any_dtype(stamps):  # mixed offsets: to UTC
+            stamps = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
+        failed = stamps.isna() & text.notna()
+        if failed.any():
+            try:
+                retry = pd.to_datetime(text[failed], format="mixed", errors="coerce", utc=stamps.dt.tz is not None)
+            except ValueError:  # naive and offset dates mixed (pandas 3 raises): those stay unparsed
+                retry = None
+            if retry is not None and pd.api.types.is_datetime64_any_dtype(retry):
+                stamps = stamps.where(~failed, retry)
+    return stamps
 
 
 def future_timestamps(last: Any, freq: Any, horizon: int, what: str = "series") -> pd.Index:
@@ -94,17 +102,26 @@ def future_timestamps(last: Any, freq: Any, horizon: int, what: str = "series") 
 
 
 # ------------------------------------------------------------------------------------------------- grids
+def infer_offset(index: pd.DatetimeIndex):
+    """``pd.infer_freq`` as an offset (None where there is no regular frequency). pandas 3.1 warns that it
+    will return an offset instead of a string; either converts to the same offset."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="A future version of pandas will return a BaseOffset")
+        freq = pd.infer_freq(index)
+    return None if freq is None else to_offset(freq)
+
+
 def _candidate_offsets(index: pd.DatetimeIndex) -> list:
     """Frequencies to try for a series with gaps: those of a few runs of three consecutive timestamps."""
     found = []
     for start in sorted({0, len(index) // 3, len(index) // 2, 2 * len(index) // 3, len(index) - 3}):
         if 0 <= start <= len(index) - 3:
-            freq = pd.infer_freq(index[start:start + 3])
+            freq = infer_offset(index[start:start + 3])
             if freq is not None and freq not in found:
                 found.append(freq)
-    steps = np.diff(index.asi8)
-    if len(steps) and steps.min() > 0:
-        found.append(pd.Timedelta(int(steps.min()), "ns"))
+    steps = np.diff(index.to_numpy())  # timedelta64 in the index's unit (pandas 3: not always ns)
+    if len(steps) and steps.min() > np.timedelta64(0):
+        found.append(pd.Timedelta(steps.min()))
     return found
 
 
@@ -136,13 +153,13 @@ def datetime_grid(index: pd.DatetimeIndex, freq, name, label, ts_name, hint=""):
     if len(index) < 3:
         raise InputError(f"{label}: series {_show(name)} has {len(index)} timestamp(s); at least 3 are needed to infer its "
                          f"frequency (or pass the frequency: {_option('freq')})")
-    inferred = pd.infer_freq(index)
+    inferred = infer_offset(index)
     if inferred is not None:
-        return index, to_offset(inferred)
+        return index, inferred
     for candidate in _candidate_offsets(index):
         grid = _on_grid(index, candidate)
         if grid is not None:
-            return grid, to_offset(candidate) if isinstance(candidate, str) else candidate
+            return grid, candidate
     raise InputError(f"{label}: series {_show(name)} has irregular timestamps in column {ts_name!r}; resample it to a "
                      f"regular frequency (or pass the frequency: {_option('freq')}){hint}")
 

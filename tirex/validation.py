@@ -241,7 +241,9 @@ def _finite_series(arr: np.ndarray, index: int) -> torch.Tensor:
             f"series {index} contains {int(inf.sum())} inf value(s); treating them as missing", UserWarning, stacklevel=4
         )
         arr = np.where(inf, np.nan, arr)
-    return torch.from_numpy(np.ascontiguousarray(arr))
+    arr = np.ascontiguousarray(arr)
+    # a read-only array (pandas 3's copy-on-write hands them out, a memory-mapped file): torch cannot share it
+    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
 
 def to_series_list(context: Any) -> list[torch.Tensor]:
@@ -320,7 +322,9 @@ def check_update(values: Any, batch: int) -> torch.Tensor:
     if inf.any():
         warnings.warn(f"update contains {int(inf.sum())} inf value(s); treating them as missing", UserWarning, stacklevel=3)
         arr = np.where(inf, np.nan, arr)
-    return torch.from_numpy(np.ascontiguousarray(arr))
+    arr = np.ascontiguousarray(arr)
+    # a read-only array (pandas 3's copy-on-write hands them out, a memory-mapped file): torch cannot share it
+    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
 
 # ----------------------------------------------------------------------------------------- model inputs
