@@ -35,9 +35,11 @@ if [ ! -x "$ROOT/bin/python" ]; then
   wheels=(--target "$ROOT/site" --only-binary=:all: --python-version "$ver" --implementation cp
           --abi "cp${ver/./}" --platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64
           --platform manylinux2014_aarch64 --quiet --no-warn-conflicts --root-user-action=ignore)
+  # pip, without its warning about each package location of this machine's configuration that does not exist
+  pipq() { python3 -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
   # torch without its dependencies: pip would judge their markers by this x86 machine (CUDA packages)
-  python3 -m pip install "${wheels[@]}" --no-deps "torch==$TORCH"
-  python3 -m pip install "${wheels[@]}" --upgrade filelock typing-extensions sympy networkx jinja2 fsspec \
+  pipq install "${wheels[@]}" --no-deps "torch==$TORCH"
+  pipq install "${wheels[@]}" --upgrade filelock typing-extensions sympy networkx jinja2 fsspec \
     numpy pandas safetensors huggingface_hub tqdm matplotlib pyarrow pyyaml "pytest>=8" "pytest-timeout>=2.3" \
     "hypothesis>=6.100,<7"
   ln -sf "$(command -v aarch64-linux-gnu-g++)" "$ROOT/bin/g++"  # the kernels' compiler, run natively

@@ -181,6 +181,21 @@ def test_a_device_that_does_not_exist_is_a_clear_error():
         load_model(device="tpu-ish")
 
 
+def test_building_on_the_meta_device_runs_no_random_init(monkeypatch):
+    """The linear layers skip their random init on the meta device: torch 2.9 imports sympy for a meta
+    tensor's uniform_ (73 MB; the fresh-interpreter test below then fails there). Off the meta device they are
+    initialised as nn.Linear is."""
+    from tirex.layers import Linear
+
+    calls = []
+    monkeypatch.setattr(torch.nn.init, "kaiming_uniform_", lambda t, *args, **kwargs: calls.append(t.is_meta) or t)
+    with torch.device("meta"):
+        TiRexModel(ModelConfig(embed_dim=32, num_heads=2, num_blocks=2, input_ff_dim=64, context_length=64))
+    assert calls == []
+    Linear(4, 3)
+    assert calls == [False]
+
+
 def test_loading_builds_without_pulling_in_symbolic_maths():
     """load_model builds the network on the meta device and assigns the checkpoint's tensors. torch's
     random init of a meta tensor (normal_) imports sympy (with the decompositions) on first use: ~800 modules

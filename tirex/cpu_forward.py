@@ -28,7 +28,7 @@ from torch.nn.modules import module as torch_module
 
 from . import backends, inference
 from .inference import ROWS_PER_CHUNK
-from .layers import GatedFeedForward, ResidualBlock, RMSNorm
+from .layers import PLAIN_LINEAR, GatedFeedForward, ResidualBlock, RMSNorm
 from .slstm import GROUP_NORM_EPS, SLSTMBlock, SLSTMLayer, SLSTMState, kernel_recurrent_operands, kernel_states
 
 FLOAT_BYTES = 4
@@ -105,7 +105,7 @@ class _Linear:
     """An ``nn.Linear`` as the compiled matmul reads it: the address of its (in, out) row-major weight."""
 
     def __init__(self, layer: nn.Module, keep: list) -> None:
-        if type(layer) is not nn.Linear or not inference._matmul_ready(layer.weight):
+        if type(layer) not in PLAIN_LINEAR or not inference._matmul_ready(layer.weight):
             raise _NotPlain(f"{layer!r}")
         self.weight = _held(layer.weight, keep)
         self.bias = None if layer.bias is None else _held(layer.bias, keep)

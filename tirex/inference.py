@@ -31,7 +31,7 @@ from torch import nn
 
 from . import cpu_kernel
 from .cpus import capped_threads
-from .layers import GatedFeedForward, ResidualBlock, RMSNorm
+from .layers import PLAIN_LINEAR, GatedFeedForward, ResidualBlock, RMSNorm
 
 ROWS_PER_CHUNK = 2048  # few, large ops: smaller chunks lose more to thread synchronisation than they gain in cache
 
@@ -218,9 +218,9 @@ def plain(module: nn.Module, kind: type) -> bool:
     if type(module) is not kind:
         return False
     if kind is GatedFeedForward:
-        return all(type(layer) is nn.Linear for layer in (module.gate, module.up, module.down))
+        return all(type(layer) in PLAIN_LINEAR for layer in (module.gate, module.up, module.down))
     if kind is ResidualBlock:
-        return all(type(layer) is nn.Linear for layer in (module.hidden, module.output, module.residual))
+        return all(type(layer) in PLAIN_LINEAR for layer in (module.hidden, module.output, module.residual))
     return True
 
 

@@ -7,6 +7,21 @@ from torch import nn
 import torch.nn.functional as F
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` without its random initialisation where it is built on the meta device (``load_model``
+    builds there, then assigns the checkpoint's tensors): torch 2.9 runs a meta tensor's ``uniform_`` through
+    its decompositions, which import sympy (about 800 modules, 73 MB kept for the process's life; torch 2.13
+    does not). Same parameters and forward; the fused paths treat it as a plain ``nn.Linear``."""
+
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
+
+# The linear layers the fused paths may read directly (exactly these types: a subclass has its own forward)
+PLAIN_LINEAR = (nn.Linear, Linear)
+
+
 class RMSNorm(nn.Module):
     """``x * rsqrt(mean(x^2) + eps) * weight``, computed in float32."""
 
@@ -25,9 +40,9 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.hidden = nn.Linear(in_dim, hidden_dim)
-        self.output = nn.Linear(hidden_dim, out_dim)
-        self.residual = nn.Linear(in_dim, out_dim)
+        self.hidden = Linear(in_dim, hidden_dim)
+        self.output = Linear(hidden_dim, out_dim)
+        self.residual = Linear(in_dim, out_dim)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return self.output(F.relu(self.hidden(u))) + self.residual(u)
@@ -38,9 +53,9 @@ class GatedFeedForward(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
-        self.gate = nn.Linear(dim, hidden_dim, bias=False)
-        self.up = nn.Linear(dim, hidden_dim, bias=False)
-        self.down = nn.Linear(hidden_dim, dim, bias=False)
+        self.gate = Linear(dim, hidden_dim, bias=False)
+        self.up = Linear(dim, hidden_dim, bias=False)
+        self.down = Linear(hidden_dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(F.silu(self.gate(x)) * self.up(x))
