@@ -665,17 +665,7 @@ def test_concurrent_forecasts_equal_sequential_ones(matmuls, restore_dispatch):
         torch.set_num_threads(before)
 
 
-GRAVITON2_CPUINFO = """processor\t: 0
-BogoMIPS\t: 243.75
-Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs
-CPU implementer\t: 0x41
-CPU architecture: 8
-CPU variant\t: 0x3
-CPU part\t: 0xd0c
-CPU revision\t: 1
-
-processor\t: 1
-BogoMIPS\t: 243.75
+GRAVITON2_CORE = """BogoMIPS\t: 243.75
 Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs
 CPU implementer\t: 0x41
 CPU architecture: 8
@@ -683,6 +673,7 @@ CPU variant\t: 0x3
 CPU part\t: 0xd0c
 CPU revision\t: 1
 """
+GRAVITON2_CPUINFO = "\n".join(f"processor\t: {cpu}\n{GRAVITON2_CORE}" for cpu in range(2))  # a block per CPU
 
 
 def test_an_arm_cpu_is_named_by_its_core(monkeypatch, tmp_path):
