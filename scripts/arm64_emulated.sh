@@ -61,5 +61,6 @@ if [ "${1:-}" = --python ]; then
   shift
   exec "$ROOT/bin/python" "$@"
 fi
-[ $# -gt 0 ] || set -- tests/test_cpu_dispatch.py tests/test_parity.py
+# no test named (only options such as -q or -k): the dispatch and parity tests
+case " $* " in *" tests"*|*"::"*) ;; *) set -- "$@" tests/test_cpu_dispatch.py tests/test_parity.py ;; esac
 exec "$ROOT/bin/python" -m pytest -p no:cacheprovider -rs "$@"
