@@ -234,6 +234,13 @@ def _is_scalar(value: Any) -> bool:
     return isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 0
 
 
+def _as_tensor(arr: np.ndarray) -> torch.Tensor:
+    """``arr`` as a tensor that shares its memory where it can; a copy where it is not contiguous or read-only
+    (pandas 3's copy-on-write hands those out, as does a memory-mapped file): torch cannot share those."""
+    arr = np.ascontiguousarray(arr)
+    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+
+
 def _finite_series(arr: np.ndarray, index: int) -> torch.Tensor:
     inf = np.isinf(arr)
     if inf.any():
@@ -241,9 +248,7 @@ def _finite_series(arr: np.ndarray, index: int) -> torch.Tensor:
             f"series {index} contains {int(inf.sum())} inf value(s); treating them as missing", UserWarning, stacklevel=4
         )
         arr = np.where(inf, np.nan, arr)
-    arr = np.ascontiguousarray(arr)
-    # a read-only array (pandas 3's copy-on-write hands them out, a memory-mapped file): torch cannot share it
-    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    return _as_tensor(arr)
 
 
 def to_series_list(context: Any) -> list[torch.Tensor]:
@@ -322,9 +327,7 @@ def check_update(values: Any, batch: int) -> torch.Tensor:
     if inf.any():
         warnings.warn(f"update contains {int(inf.sum())} inf value(s); treating them as missing", UserWarning, stacklevel=3)
         arr = np.where(inf, np.nan, arr)
-    arr = np.ascontiguousarray(arr)
-    # a read-only array (pandas 3's copy-on-write hands them out, a memory-mapped file): torch cannot share it
-    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    return _as_tensor(arr)
 
 
 # ----------------------------------------------------------------------------------------- model inputs
