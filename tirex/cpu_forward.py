@@ -18,7 +18,6 @@ wrapped layer), head sizes the kernel does not take, and forward hooks on any su
 
 from __future__ import annotations
 
-import ctypes
 import threading
 import weakref
 
@@ -27,11 +26,9 @@ from torch import nn
 from torch.nn.modules import module as torch_module
 
 from . import backends, inference
-from .inference import ROWS_PER_CHUNK
+from .kernel_forward import BlockOperands, KernelForward, LinearOperand, ResidualOperands
 from .layers import PLAIN_LINEAR, GatedFeedForward, ResidualBlock, RMSNorm
-from .slstm import GROUP_NORM_EPS, SLSTMBlock, SLSTMLayer, SLSTMState, kernel_recurrent_operands, kernel_states
-
-FLOAT_BYTES = 4
+from .slstm import SLSTMBlock, SLSTMLayer, SLSTMState, kernel_recurrent_operands, kernel_states
 
 
 def compiled_forward(model: nn.Module) -> "CompiledForward | None":
@@ -101,72 +98,47 @@ def _global_hooks() -> bool:
                 getattr(torch_module, "_global_forward_pre_hooks", None))
 
 
-class _Linear:
+def _linear(layer: nn.Module, keep: list) -> LinearOperand:
     """An ``nn.Linear`` as the compiled matmul reads it: the address of its (in, out) row-major weight."""
-
-    def __init__(self, layer: nn.Module, keep: list) -> None:
-        if type(layer) not in PLAIN_LINEAR or not inference._matmul_ready(layer.weight):
-            raise _NotPlain(f"{layer!r}")
-        self.weight = _held(layer.weight, keep)
-        self.bias = None if layer.bias is None else _held(layer.bias, keep)
-        self.out_features, self.in_features = layer.weight.shape
+    if type(layer) not in PLAIN_LINEAR or not inference._matmul_ready(layer.weight):
+        raise _NotPlain(f"{layer!r}")
+    bias = None if layer.bias is None else _held(layer.bias, keep)
+    return LinearOperand(_held(layer.weight, keep), bias, layer.in_features, layer.out_features)
 
 
-class _Norm:
-    def __init__(self, norm: nn.Module, keep: list) -> None:
-        if not inference.plain(norm, RMSNorm):
-            raise _NotPlain(f"{norm!r}")
-        self.weight, self.eps = _held(norm.weight, keep), norm.eps
+def _norm(norm: nn.Module, keep: list) -> tuple[int, float]:
+    """An ``RMSNorm``: (the address of its weight, its eps)."""
+    if not inference.plain(norm, RMSNorm):
+        raise _NotPlain(f"{norm!r}")
+    return _held(norm.weight, keep), norm.eps
 
 
-class _Residual:
-    """A ``ResidualBlock``: out = W_r u + b_r + W_o relu(W_h u + b_h) + b_o."""
-
-    def __init__(self, block: nn.Module, keep: list) -> None:
-        if not inference.plain(block, ResidualBlock):
-            raise _NotPlain(f"{block!r}")
-        self.hidden, self.output, self.residual = (_Linear(block.hidden, keep), _Linear(block.output, keep),
-                                                   _Linear(block.residual, keep))
+def _residual(block: nn.Module, keep: list) -> ResidualOperands:
+    if not inference.plain(block, ResidualBlock):
+        raise _NotPlain(f"{block!r}")
+    return ResidualOperands(_linear(block.hidden, keep), _linear(block.output, keep), _linear(block.residual, keep))
 
 
-class BlockOperands(ctypes.Structure):
-    """One block's operands as the kernel's ``tirex_blocks_forward`` reads them (its ``TirexBlock``)."""
-
-    _fields_ = [(name, ctypes.c_void_p) for name in ("norm_slstm", "projection", "recurrent", "pairs", "bias",
-                                                     "group_norm", "norm_ffn", "gate", "up", "down")]
-    _fields_ += [("eps_slstm", ctypes.c_float), ("eps_ffn", ctypes.c_float)]
-    _fields_ += [(name, ctypes.c_int) for name in ("heads", "head_dim", "ffn_dim", "bf16")]
-
-
-class _Block:
+def _block(block: nn.Module, lib, keep: list) -> BlockOperands:
     """An ``SLSTMBlock``: the two norms, the head-wise projection, the recurrence's operands, the FFN."""
-
-    def __init__(self, block: nn.Module, lib, keep: list) -> None:
-        if type(block) is not SLSTMBlock or type(block.slstm) is not SLSTMLayer or not inference.plain(
-                block.ffn, GatedFeedForward):
-            raise _NotPlain(f"{type(block).__name__}")
-        s = block.slstm
-        if s.matmul_dtype != torch.float32 or s.head_dim % 8 or backends.resolve(s.backend, _CPU_PROBE) != "cpu":
-            raise _NotPlain("the sLSTM layer's settings")
-        self.norm_slstm, self.norm_ffn = _Norm(block.norm_slstm, keep), _Norm(block.norm_ffn, keep)
-        projection, recurrent = s._inference_weights()
-        if not projection.is_contiguous():
-            raise _NotPlain("the input projection")
-        self.heads, self.dh = s.num_heads, s.head_dim
-        self.projection = _held(projection, keep)
-        self.bf16 = s.recurrence_dtype == "bfloat16"  # rounded pre-activations, emulated bfloat16 recurrence
-        r, pairs = kernel_recurrent_operands(recurrent, self.bf16, lib)
-        self.recurrent, self.pairs = _held(r, keep), None if pairs is None else _held(pairs, keep)
-        self.bias = _held(s.bias.detach().float().contiguous(), keep)
-        self.group_norm = _held(s.norm_weight.detach().float().contiguous(), keep)
-        self.gate, self.up, self.down = (_Linear(block.ffn.gate, keep), _Linear(block.ffn.up, keep),
-                                         _Linear(block.ffn.down, keep))
-        self.ffn_dim = self.gate.out_features
-
-    def operands(self) -> BlockOperands:
-        return BlockOperands(self.norm_slstm.weight, self.projection, self.recurrent, self.pairs, self.bias,
-                             self.group_norm, self.norm_ffn.weight, self.gate.weight, self.up.weight, self.down.weight,
-                             self.norm_slstm.eps, self.norm_ffn.eps, self.heads, self.dh, self.ffn_dim, int(self.bf16))
+    if type(block) is not SLSTMBlock or type(block.slstm) is not SLSTMLayer or not inference.plain(
+            block.ffn, GatedFeedForward):
+        raise _NotPlain(f"{type(block).__name__}")
+    s = block.slstm
+    if s.matmul_dtype != torch.float32 or s.head_dim % 8 or backends.resolve(s.backend, _CPU_PROBE) != "cpu":
+        raise _NotPlain("the sLSTM layer's settings")
+    (norm_slstm, eps_slstm), (norm_ffn, eps_ffn) = _norm(block.norm_slstm, keep), _norm(block.norm_ffn, keep)
+    projection, recurrent = s._inference_weights()
+    if not projection.is_contiguous():
+        raise _NotPlain("the input projection")
+    bf16 = s.recurrence_dtype == "bfloat16"  # rounded pre-activations, emulated bfloat16 recurrence
+    r, pairs = kernel_recurrent_operands(recurrent, bf16, lib)
+    gate, up, down = _linear(block.ffn.gate, keep), _linear(block.ffn.up, keep), _linear(block.ffn.down, keep)
+    return BlockOperands(norm_slstm, _held(projection, keep), _held(r, keep),
+                         None if pairs is None else _held(pairs, keep),
+                         _held(s.bias.detach().float().contiguous(), keep),
+                         _held(s.norm_weight.detach().float().contiguous(), keep), norm_ffn, gate.weight, up.weight,
+                         down.weight, eps_slstm, eps_ffn, s.num_heads, s.head_dim, gate.out_features, int(bf16))
 
 
 _CPU_PROBE = torch.empty(0)
@@ -174,11 +146,6 @@ _CPU_PROBE = torch.empty(0)
 
 class _NotPlain(Exception):
     """A part of the model the prepared forward does not run (the layer-by-layer path does)."""
-
-
-def _pointers(tensors: list) -> ctypes.Array:
-    """A C array of the tensors' data addresses (null for None)."""
-    return (ctypes.c_void_p * len(tensors))(*(None if t is None else t.data_ptr() for t in tensors))
 
 
 def _held(t: torch.Tensor, keep: list) -> int:
@@ -190,20 +157,19 @@ def _held(t: torch.Tensor, keep: list) -> int:
 
 class CompiledForward:
     """``TiRexModel.forward`` without grad on CPU as kernel calls on prepared addresses (see the module
-    docstring). Immutable once prepared; temporaries come from the calling thread's ``inference.workspace``."""
+    docstring; the calls themselves: ``tirex.kernel_forward.KernelForward``). Immutable once prepared;
+    temporaries come from the calling thread's ``inference.workspace``."""
 
     def __init__(self, model: nn.Module, dispatch) -> None:
-        self.lib = dispatch.library
         self._keep: list[torch.Tensor] = []
-        self.embedding = _Residual(model.patch_embedding, self._keep)
-        self.blocks = [_Block(b, self.lib, self._keep) for b in model.blocks]
-        self.out_norm = _Norm(model.out_norm, self._keep)
-        self.head = _Residual(model.head, self._keep)
-        self.embed_dim = self.embedding.residual.out_features
-        self.quantiles, self.patch_size = len(model.config.quantile_levels), model.config.patch_size
-        if not self.blocks or any(b.heads * b.dh != self.embed_dim for b in self.blocks):
-            raise _NotPlain("the block sizes")
-        self.operands = (BlockOperands * len(self.blocks))(*(b.operands() for b in self.blocks))
+        lib = dispatch.library
+        blocks = [_block(b, lib, self._keep) for b in model.blocks]
+        try:
+            self.kernels = KernelForward(lib, _residual(model.patch_embedding, self._keep), blocks,
+                                         _norm(model.out_norm, self._keep), _residual(model.head, self._keep),
+                                         len(model.config.quantile_levels), model.config.patch_size)
+        except ValueError as exc:  # the block sizes
+            raise _NotPlain(str(exc)) from exc
 
     @classmethod
     def prepare(cls, model: nn.Module, dispatch) -> "CompiledForward | None":
@@ -228,52 +194,28 @@ class CompiledForward:
                  return_hidden: bool, snapshot_at: int | None):
         """(quantiles (batch, kept tokens, Q, P) or the blocks' outputs, final states, snapshot states):
         the values ``TiRexModel.forward`` returns with the same arguments."""
+        k = self.kernels
         batch, steps, width = tokens.shape
         if snapshot_at is not None and not 1 <= snapshot_at <= steps:
             raise ValueError(f"snapshot_at must be in 1 ... {steps}, got {snapshot_at}")
-        if states is not None and len(states) != len(self.blocks):
-            raise ValueError(f"expected {len(self.blocks)} block states, got {len(states)}")
-        lib, threads, e, n = self.lib, inference.kernel_threads(), self.embed_dim, len(self.blocks)
-        rows = batch * steps
+        if states is not None and len(states) != k.num_blocks:
+            raise ValueError(f"expected {k.num_blocks} block states, got {len(states)}")
+        n, e, blocks = k.num_blocks, k.embed_dim, k.operands
         kept = steps if return_hidden or last_tokens is None else min(last_tokens, steps)
-        new_states = [kernel_states(None if states is None else s, b.heads, batch, b.dh)
-                      for s, b in zip(states or [None] * n, self.blocks)]
-        snaps = [None if snapshot_at is None else torch.empty(4, b.heads, batch, b.dh) for b in self.blocks]
-        hidden = [torch.empty(batch, steps, e) for _ in self.blocks] if return_hidden else [None] * n
+        new_states = [kernel_states(None if states is None else s, b.heads, batch, b.head_dim)
+                      for s, b in zip(states or [None] * n, blocks)]
+        snaps = [None if snapshot_at is None else torch.empty(4, b.heads, batch, b.head_dim) for b in blocks]
+        hidden = [torch.empty(batch, steps, e) for _ in blocks] if return_hidden else [None] * n
+        result = None if return_hidden else torch.empty(batch * kept, k.quantiles * k.patch_size)
+        tokens = tokens.reshape(batch * steps, width).contiguous()
         with inference.workspace():
-            stream = [inference.buffer("stream_a", (rows, e)), inference.buffer("stream_b", (rows, e))]
-            self._residual(self.embedding, tokens.reshape(rows, width).contiguous(), stream[0], threads)
-            last = inference.buffer("last", (batch * kept, e)) if kept < steps else None
-            norm = inference.buffer("norm", (rows * e,))
-            # the pre-activations (bfloat16 where rounded so: half the memory), then the FFN's hidden layer
-            scratch = inference.buffer("scratch", (max(max(b.heads * rows * 4 * b.dh // (2 if b.bf16 else 1),
-                                                           min(rows, ROWS_PER_CHUNK) * b.ffn_dim)
-                                                       for b in self.blocks),))
-            status = lib.tirex_blocks_forward(
-                ctypes.addressof(self.operands), n, _pointers(new_states), _pointers(snaps), _pointers(hidden),
-                stream[0].data_ptr(), stream[1].data_ptr(), None if last is None else last.data_ptr(),
-                norm.data_ptr(), scratch.data_ptr(), batch, steps, e, kept, int(states is None), snapshot_at or 0,
-                GROUP_NORM_EPS, ROWS_PER_CHUNK, threads)
-            if status != 0:
-                raise RuntimeError(f"tirex_blocks_forward failed with status {status}")
-            new_states = [SLSTMState(*s.unbind(0)) for s in new_states]
-            snapshots = [SLSTMState(*s.unbind(0)) for s in snaps] if snapshot_at is not None else []
-            if return_hidden:
-                return hidden, new_states, snapshots
-            out = last if last is not None else stream[n % 2]
-            out_norm = torch.empty(out.shape)
-            lib.tirex_rms_norm(out.data_ptr(), self.out_norm.weight, out_norm.data_ptr(), out.shape[0], e,
-                               self.out_norm.eps, 0, 1, threads)
-            result = torch.empty(out.shape[0], self.head.output.out_features)
-            self._residual(self.head, out_norm, result, threads)
-        return result.view(batch, kept, self.quantiles, self.patch_size), new_states, snapshots
-
-    def _residual(self, block: _Residual, u: torch.Tensor, out: torch.Tensor, threads: int) -> None:
-        """out = block(u) for contiguous (rows, in) u and (rows, out) out (``inference.residual_block``)."""
-        k, o, hd = block.hidden.in_features, block.output.out_features, block.hidden.out_features
-        weights = [(layer.weight, layer.bias) for layer in (block.hidden, block.residual, block.output)]
-        for start in range(0, u.shape[0], ROWS_PER_CHUNK):
-            n = min(ROWS_PER_CHUNK, u.shape[0] - start)
-            inference.residual_gemms(self.lib, u.data_ptr() + start * k * FLOAT_BYTES,
-                                     out.data_ptr() + start * o * FLOAT_BYTES,
-                                     inference.buffer("scratch", (n, hd)).data_ptr(), n, weights, threads, k, hd, o)
+            k.run(tokens.data_ptr(), batch, steps, kept, [s.data_ptr() for s in new_states], states is None,
+                  [None if s is None else s.data_ptr() for s in snaps],
+                  [None if h is None else h.data_ptr() for h in hidden], snapshot_at or 0,
+                  None if result is None else result.data_ptr(),
+                  lambda name, floats: inference.buffer(name, (floats,)).data_ptr(), inference.kernel_threads())
+        new_states = [SLSTMState(*s.unbind(0)) for s in new_states]
+        snapshots = [SLSTMState(*s.unbind(0)) for s in snaps] if snapshot_at is not None else []
+        if return_hidden:
+            return hidden, new_states, snapshots
+        return result.view(batch, kept, k.quantiles, k.patch_size), new_states, snapshots

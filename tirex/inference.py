@@ -31,9 +31,9 @@ from torch import nn
 
 from . import cpu_kernel
 from .cpus import capped_threads
+from .kernel_forward import (  # noqa: F401 - GEMM_* and ROWS_PER_CHUNK re-exported
+    GEMM_ACCUMULATE, GEMM_RELU, GEMM_STORE, GEMM_STORE_BF16, GEMM_SWIGLU, ROWS_PER_CHUNK, residual_gemms)
 from .layers import PLAIN_LINEAR, GatedFeedForward, ResidualBlock, RMSNorm
-
-ROWS_PER_CHUNK = 2048  # few, large ops: smaller chunks lose more to thread synchronisation than they gain in cache
 
 
 def kernel_threads() -> int:
@@ -312,22 +312,7 @@ def residual_block(u: torch.Tensor, block: nn.Module, dtype: torch.dtype) -> tor
     return out.view(*u.shape[:-1], -1)
 
 
-def residual_gemms(lib, x: int, dst: int, hidden: int, rows: int, weights, threads: int, k: int, hd: int,
-                   o: int) -> None:
-    """A ``ResidualBlock`` on the compiled matmuls, at raw addresses of contiguous float32 rows: dst (rows, o)
-    = W_r x + b_r, then dst += W_o relu(W_h x + b_h) + b_o, with x (rows, k) and hidden (rows, hd) scratch.
-    ``weights``: the (weight, bias) addresses of the hidden, residual and output layers, weights stored as
-    ``use_matmul_layout_`` leaves them."""
-    (hw, hb), (rw, rb), (ow, ob) = weights
-    lib.tirex_gemm(x, k, hw, None, hd, hb, hidden, hd, rows, hd, k, GEMM_RELU, threads)
-    lib.tirex_gemm(x, k, rw, None, o, rb, dst, o, rows, o, k, GEMM_STORE, threads)
-    lib.tirex_gemm(hidden, hd, ow, None, o, ob, dst, o, rows, o, hd, GEMM_ACCUMULATE, threads)
-
-
 # -- the compiled weight matmuls (tirex_gemm in the CPU kernel) ------------------------------------------
-GEMM_STORE, GEMM_ACCUMULATE, GEMM_RELU, GEMM_SWIGLU, GEMM_STORE_BF16 = 0, 1, 2, 3, 4  # the kernel's GemmMode
-
-
 def gemm_enabled(lib) -> bool:
     """Whether the compiled weight matmuls are used: there is a kernel ``lib`` (from ``compiled_kernels``)
     and the dispatch gives it the matmuls (see ``tirex.cpu_kernel``: not with ``TIREX_CPU_GEMM=0``, not

@@ -26,12 +26,12 @@ import torch.nn.functional as F
 
 from . import inference
 from .backends import resolve
+from .kernel_forward import GROUP_NORM_EPS
 from .layers import GatedFeedForward, RMSNorm
 
 GATES = ("input", "forget", "cell", "output")  # order of the gate axis everywhere
 
 
-GROUP_NORM_EPS = 1e-5  # the per-head group norm after the recurrence
 
 
 class SLSTMState(NamedTuple):
