@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
-from .inputs import as_numpy, pad_batch, power_of_two_scale
-from .model import FIXED_COST_WINDOWS
-from .quantiles import interpolate_quantiles
+from .inputs import pad_batch, plan_batches, power_of_two_scale  # noqa: F401 - plan_batches re-exported
+from .outputs import finish, finish_batch
 from .validation import (
     check_max_masked_fraction,
     check_output_type,
@@ -41,7 +40,6 @@ if TYPE_CHECKING:
     from .model import TiRexModel
 
 LONG_ROLLOUT_PASSES = 1000  # per batch of series: warn before, and show a progress bar (auto) for, longer rollouts
-_F32 = torch.finfo(torch.float32)
 
 
 def _is_dataframe(obj) -> bool:
@@ -59,15 +57,6 @@ def _is_gluonts_dataset(obj) -> bool:
     return module.startswith("gluonts") and hasattr(obj, "__iter__")
 
 
-def sign_bounds(series: torch.Tensor) -> tuple[float, float]:
-    """(lower, upper) bounds that keep forecasts on the side of 0 where the observed history lies."""
-    values = as_numpy(series)
-    observed = values[~np.isnan(values)]
-    if observed.size == 0:
-        return -math.inf, math.inf
-    return (0.0 if bool((observed >= 0).all()) else -math.inf), (0.0 if bool((observed <= 0).all()) else math.inf)
-
-
 def _progress_bar(progress: bool | None, total: int):
     show = progress if progress is not None else (total > LONG_ROLLOUT_PASSES and sys.stderr.isatty())
     if not show:
@@ -75,67 +64,6 @@ def _progress_bar(progress: bool | None, total: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="forecast", unit="patch", file=sys.stderr)
-
-
-def _to_output_dtype(values: torch.Tensor) -> torch.Tensor:
-    """float32 when every value fits float32's normal range (or is 0), else float64."""
-    magnitude = values.abs()
-    if bool((magnitude > _F32.max).any() or ((magnitude < _F32.tiny) & (magnitude > 0)).any()):
-        return values
-    return values.float()
-
-
-def _check_finite(quantiles: torch.Tensor, series: list[torch.Tensor]) -> None:
-    bad = ~torch.isfinite(quantiles).flatten(1).all(dim=1)
-    if not bad.any():
-        return
-    i = int(torch.nonzero(bad)[0])
-    finite = series[i][torch.isfinite(series[i])]
-    peak = float(finite.abs().max()) if finite.numel() else 0.0
-    if peak > 1e300:
-        raise ValueError(f"the forecast of series {i} overflows float64: its values (up to {peak:.3g}) are too close to "
-                         "float64's limit; divide the series by a large constant and multiply the forecast back")
-    raise RuntimeError(f"the model produced a non-finite forecast for series {i}; its weights may hold NaN/inf "
-                       "(check them with torch.isfinite(p).all() for p in model.parameters())")
-
-
-MIN_EARLY_CUT = 16  # series in a batch before plan_batches may end it early
-
-
-def plan_batches(series: list[torch.Tensor], context_length: int, patch_size: int, batch_size: int,
-                 early_cuts: bool = True) -> tuple[list[int], list[tuple[int, int]]]:
-    """The forward batches of ``forecast_tensors``: an order of ``series`` and ``(start, end)`` bounds in it.
-
-    A batch's leading tokens that are empty in every series are skipped (``TiRexModel.empty_prefix_states``),
-    so a batch costs its rows times the tokens of its longest series. Series are ordered by the tokens of the
-    window that hold data (from the first observed value to the end), most first, ties in input order, and
-    cut into batches of at most ``batch_size``; a batch of at least ``MIN_EARLY_CUT`` series also ends early
-    where the next series need so many fewer tokens that running them on their own saves more token rows
-    than a forward's fixed cost, taken as four full windows (``4 * context_length / patch_size`` token rows;
-    small batches run the recurrence and the matmuls less efficiently). Measured on 256 series of random
-    lengths, bundled model, two Zen 3 cores: lengths 16-1000 1.06 -> 0.82 s, 16-4000 1.81 -> 1.64 s against
-    one batch in input order (1 or 8 token rows of fixed cost, or no minimum, were slower). ``early_cuts``
-    False keeps full batches: on a GPU a batch's time grows with its tokens far more than with its rows, so
-    a second forward costs more than the shorter series save. Results do not depend on the batches.
-    """
-    n = len(series)
-    tokens = []
-    for s in series:
-        observed = ~np.isnan(as_numpy(s[-context_length:]))
-        first = int(observed.argmax()) if observed.size else 0  # the first observed value (0 where none is)
-        span = observed.size - first if observed.size and observed[first] else 0
-        tokens.append(math.ceil(span / patch_size))
-    order = sorted(range(n), key=lambda i: -tokens[i])
-    fixed = FIXED_COST_WINDOWS * context_length // patch_size
-    bounds, start = [], 0
-    for j in range(1, n):
-        saving = (tokens[order[start]] - tokens[order[j]]) * min(n - j, batch_size)
-        if j - start >= batch_size or (early_cuts and j - start >= MIN_EARLY_CUT and saving > fixed):
-            bounds.append((start, j))
-            start = j
-    if n:
-        bounds.append((start, n))
-    return order, bounds
 
 
 def forecast_tensors(
@@ -174,33 +102,20 @@ def forecast_tensors(
     try:
         for start, end in bounds:
             chunk = ordered[start:end]
-            factors = torch.tensor([power_of_two_scale(s) for s in chunk], dtype=torch.float64).view(-1, 1, 1)
+            factors = [power_of_two_scale(s) for s in chunk]
             # only the last window matters; longer history is dropped before padding (saves memory)
-            scaled = [s[-cfg.context_length :] / float(f) for s, f in zip(chunk, factors.view(-1))]
-            ctx = pad_batch(scaled).to(device)
+            ctx = pad_batch([s[-cfg.context_length :] / f for s, f in zip(chunk, factors)]).to(device)
             q = model.rollout(ctx, prediction_length, rollout_steps, max_masked_fraction,
-                              on_patches=bar.update if bar is not None else None).cpu()
-            q = q.sort(dim=-1).values  # monotone rearrangement (module docstring)
-            mean = q[..., cfg.median_index]
-            q = interpolate_quantiles(q, cfg.quantile_levels, quantile_levels)
-            if keep_sign:
-                bounds = torch.tensor([sign_bounds(s) for s in chunk], dtype=q.dtype).view(-1, 1, 2)
-                q = torch.maximum(torch.minimum(q, bounds[..., 1:]), bounds[..., :1])
-                mean = torch.maximum(torch.minimum(mean, bounds[:, :, 1]), bounds[:, :, 0])
-            quantiles.append(q.double() * factors)
-            means.append(mean.double() * factors[..., 0])
+                              on_patches=bar.update if bar is not None else None)
+            q, mean = finish_batch(q.cpu().numpy(), cfg.quantile_levels, quantile_levels, cfg.median_index,
+                                   np.array(factors), chunk if keep_sign else None)
+            quantiles.append(q)
+            means.append(mean)
     finally:
         if bar is not None:
             bar.close()
-    quantiles, means = torch.cat(quantiles), torch.cat(means)
-    if order != list(range(len(order))):  # back to the input's order
-        inverse = torch.empty(len(order), dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(len(order))
-        quantiles, means = quantiles[inverse], means[inverse]
-    _check_finite(quantiles, series)
-    if _to_output_dtype(torch.cat([quantiles.flatten(), means.flatten()])).dtype == torch.float32:
-        return quantiles.float(), means.float()
-    return quantiles, means
+    quantiles, means = finish(quantiles, means, order, series)
+    return torch.from_numpy(quantiles), torch.from_numpy(means)
 
 
 def check_run(

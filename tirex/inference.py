@@ -31,8 +31,7 @@ from torch import nn
 
 from . import cpu_kernel
 from .cpus import capped_threads
-from .kernel_forward import (  # noqa: F401 - GEMM_* and ROWS_PER_CHUNK re-exported
-    GEMM_ACCUMULATE, GEMM_RELU, GEMM_STORE, GEMM_STORE_BF16, GEMM_SWIGLU, ROWS_PER_CHUNK, residual_gemms)
+from .kernel_forward import GEMM_ACCUMULATE, GEMM_STORE, GEMM_STORE_BF16, GEMM_SWIGLU, ROWS_PER_CHUNK, residual_gemms
 from .layers import PLAIN_LINEAR, GatedFeedForward, ResidualBlock, RMSNorm
 
 

@@ -1,23 +1,30 @@
-"""The core's view of validated series: left-padding into a batch and exact power-of-two rescaling.
+"""The core's view of validated series: batching, left-padding and exact power-of-two rescaling.
 
 Validation itself lives in ``tirex.validation`` (arrays, lists, settings) and ``tirex.io`` (tables);
 ``to_series_list`` and ``check_prediction_length`` are re-exported here for code that imports them
-from this module.
+from this module. Nothing here needs torch (``tirex.lite`` batches with it too); series may be numpy
+arrays or tensors.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .validation import check_prediction_length, to_series_list
 
-__all__ = ["check_prediction_length", "pad_batch", "power_of_two_scale", "to_series_list"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["FIXED_COST_WINDOWS", "MIN_EARLY_CUT", "as_numpy", "check_prediction_length", "pad_batch", "pad_rows",
+           "plan_batches", "power_of_two_scale", "to_series_list"]
+
+FIXED_COST_WINDOWS = 4  # a forward's fixed cost (weights read, per-call overhead), in full windows of token rows
 
 
-def power_of_two_scale(series: torch.Tensor) -> float:
+def power_of_two_scale(series: Any) -> float:
     """A power of two that brings a series with extreme magnitudes into float32's comfortable range.
 
     Multiplying by a power of two is exact, so ordinary series (1 returned) are untouched, while
@@ -35,18 +42,68 @@ def power_of_two_scale(series: torch.Tensor) -> float:
     return math.ldexp(1.0, exponent - 1)
 
 
-def as_numpy(series: torch.Tensor) -> np.ndarray:
-    """A 1-D series' values as a numpy array (no copy for a float32 / float64 CPU tensor)."""
-    series = series.detach().cpu()
-    if series.dtype not in (torch.float32, torch.float64):
-        series = series.double()
-    return series.numpy()
+def as_numpy(series: Any) -> np.ndarray:
+    """A 1-D series' values (numpy array or tensor) as a float32 / float64 numpy array (no copy where it is one
+    already, or a float32 / float64 CPU tensor)."""
+    if not isinstance(series, np.ndarray):
+        series = series.detach().cpu()
+        if not series.is_floating_point() or series.element_size() not in (4, 8):
+            series = series.double()
+        return series.numpy()
+    return series if series.dtype in (np.float32, np.float64) else series.astype(np.float64)
 
 
-def pad_batch(series: list[torch.Tensor]) -> torch.Tensor:
-    """Left-pad 1-D series with NaN into (batch, max_len) float32."""
-    length = max(s.numel() for s in series)
-    out = torch.full((len(series), length), float("nan"), dtype=torch.float32)
-    for i, s in enumerate(series):
-        out[i, length - s.numel() :] = s.float()
+def pad_rows(series: list) -> np.ndarray:
+    """Left-pad 1-D series with NaN into a (batch, max_len) float32 array."""
+    values = [as_numpy(s) for s in series]
+    length = max(v.size for v in values)
+    out = np.full((len(values), length), np.nan, dtype=np.float32)
+    for i, v in enumerate(values):
+        out[i, length - v.size :] = v
     return out
+
+
+def pad_batch(series: list) -> torch.Tensor:
+    """Left-pad 1-D series with NaN into a (batch, max_len) float32 tensor."""
+    import torch
+
+    return torch.from_numpy(pad_rows(series))
+
+
+MIN_EARLY_CUT = 16  # series in a batch before plan_batches may end it early
+
+
+def plan_batches(series: list[torch.Tensor], context_length: int, patch_size: int, batch_size: int,
+                 early_cuts: bool = True) -> tuple[list[int], list[tuple[int, int]]]:
+    """The forward batches of ``forecast_tensors``: an order of ``series`` and ``(start, end)`` bounds in it.
+
+    A batch's leading tokens that are empty in every series are skipped (``TiRexModel.empty_prefix_states``),
+    so a batch costs its rows times the tokens of its longest series. Series are ordered by the tokens of the
+    window that hold data (from the first observed value to the end), most first, ties in input order, and
+    cut into batches of at most ``batch_size``; a batch of at least ``MIN_EARLY_CUT`` series also ends early
+    where the next series need so many fewer tokens that running them on their own saves more token rows
+    than a forward's fixed cost, taken as four full windows (``4 * context_length / patch_size`` token rows;
+    small batches run the recurrence and the matmuls less efficiently). Measured on 256 series of random
+    lengths, bundled model, two Zen 3 cores: lengths 16-1000 1.06 -> 0.82 s, 16-4000 1.81 -> 1.64 s against
+    one batch in input order (1 or 8 token rows of fixed cost, or no minimum, were slower). ``early_cuts``
+    False keeps full batches: on a GPU a batch's time grows with its tokens far more than with its rows, so
+    a second forward costs more than the shorter series save. Results do not depend on the batches.
+    """
+    n = len(series)
+    tokens = []
+    for s in series:
+        observed = ~np.isnan(as_numpy(s[-context_length:]))
+        first = int(observed.argmax()) if observed.size else 0  # the first observed value (0 where none is)
+        span = observed.size - first if observed.size and observed[first] else 0
+        tokens.append(math.ceil(span / patch_size))
+    order = sorted(range(n), key=lambda i: -tokens[i])
+    fixed = FIXED_COST_WINDOWS * context_length // patch_size
+    bounds, start = [], 0
+    for j in range(1, n):
+        saving = (tokens[order[start]] - tokens[order[j]]) * min(n - j, batch_size)
+        if j - start >= batch_size or (early_cuts and j - start >= MIN_EARLY_CUT and saving > fixed):
+            bounds.append((start, j))
+            start = j
+    if n:
+        bounds.append((start, n))
+    return order, bounds

@@ -12,6 +12,7 @@ from torch import nn
 from .config import ModelConfig
 from . import cpu_forward, inference
 from .backends import check_backend
+from .inputs import FIXED_COST_WINDOWS
 from .layers import ResidualBlock, RMSNorm
 from .scaling import fit_scale, patch_tokens, window
 from .slstm import SLSTMBlock, SLSTMState
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 
 
 STACKED_ROWS = 128  # rollout passes are stacked along the batch up to this many series per forward
-FIXED_COST_WINDOWS = 4  # a forward's fixed cost (weights read, per-call overhead), in full windows of token rows
 
 
 def forward_fixed_rows(config: ModelConfig) -> int:

@@ -1,4 +1,4 @@
-"""Quantile levels other than the model's own: interpolation inside, normal-tail extrapolation outside."""
+"""Quantile levels other than the model's own: interpolation inside, normal-tail extrapolation outside (numpy)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import bisect
 from statistics import NormalDist
 from typing import Sequence
 
-import torch
+import numpy as np
 
 from .validation import check_quantile_levels
 
@@ -19,8 +19,8 @@ def check_levels(levels: Sequence[float]) -> tuple[float, ...]:
 
 
 def interpolate_quantiles(
-    values: torch.Tensor, model_levels: Sequence[float], levels: Sequence[float]
-) -> torch.Tensor:
+    values: np.ndarray, model_levels: Sequence[float], levels: Sequence[float]
+) -> np.ndarray:
     """Quantiles at ``levels`` from quantiles at ``model_levels``.
 
     The model's quantiles are sorted first (``forecast`` has already done so; sorting never makes
@@ -35,7 +35,7 @@ def interpolate_quantiles(
         (..., len(levels)).
     """
     model_levels = list(model_levels)
-    srt = values.sort(dim=-1).values
+    srt = np.sort(values, axis=-1)
     if list(levels) == model_levels:
         return srt
     outs = []
@@ -54,9 +54,9 @@ def interpolate_quantiles(
         j = bisect.bisect_left(model_levels, q)
         w = (q - model_levels[j - 1]) / (model_levels[j] - model_levels[j - 1])
         outs.append(srt[..., j - 1] + w * (srt[..., j] - srt[..., j - 1]))
-    out = torch.stack(outs, dim=-1)
+    out = np.stack(outs, axis=-1)
     # rounding can put an interpolated value a unit in the last place past its neighbour (e.g. between two
     # equal quantiles): sorting in the order of the levels keeps the result monotone in the level
     order = sorted(range(len(levels)), key=lambda i: levels[i])
-    out[..., order] = out[..., order].sort(dim=-1).values
+    out[..., order] = np.sort(out[..., order], axis=-1)
     return out

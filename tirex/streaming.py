@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .forecast import _check_finite, _to_output_dtype
+from .outputs import check_finite, fits_float32
 from .inputs import pad_batch, power_of_two_scale
 from .scaling import fit_scale, patch_tokens, window
 from .slstm import SLSTMState
@@ -40,7 +40,7 @@ class Stream:
         # exact power-of-two rescaling, as in forecast: values beyond float32's range stay finite
         self.factors = torch.tensor([power_of_two_scale(s) for s in series], dtype=torch.float64).view(-1, 1)
         ctx = pad_batch([s / float(f) for s, f in zip(series, self.factors.view(-1))])
-        # the largest magnitude of each series, for the message of a non-finite forecast (_check_finite)
+        # the largest magnitude of each series, for the message of a non-finite forecast (check_finite)
         self._peaks = [s[torch.isfinite(s)].abs().amax(dim=0, keepdim=True) if torch.isfinite(s).any() else s[:0]
                        for s in series]
         # tokens are aligned to the end of the context, as in a forecasting pass
@@ -98,6 +98,6 @@ class Stream:
         q = torch.cat(pieces, dim=-1)[..., :h] * self.scale.unsqueeze(-1) + self.loc.unsqueeze(-1)
         q = q.transpose(1, 2).sort(dim=-1).values  # (batch, H, quantiles), monotone in the level
         q = q.double() * self.factors.unsqueeze(-1)
-        _check_finite(q, self._peaks)
-        q = _to_output_dtype(q)
+        check_finite(q.numpy(), self._peaks)
+        q = q if not fits_float32(q.numpy()) else q.float()
         return q, q[..., cfg.median_index]

@@ -29,11 +29,34 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where a function needs it, not here: the torch-free runtime (``tirex.lite``) validates
+# with this module too. A torch tensor can only be passed where torch is already imported (``_is_tensor``).
+
+
+_PACKAGE = __file__.rsplit("validation.py", 1)[0]  # this package's folder, with its separator
+
+
+def _warn(message: str) -> None:
+    """A ``UserWarning`` attributed to the first caller outside this package (the user's line, whichever entry
+    point - forecast, stream, the torch-free runtime - led here)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
+
+
+def _is_tensor(value: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
 
 MAX_PREDICTION_LENGTH = 100_000  # steps per call; see check_prediction_length
 
@@ -104,7 +127,7 @@ def check_quantile_levels(levels: Any) -> tuple[float, ...]:
     """
     if isinstance(levels, (str, bytes)) or not hasattr(levels, "__iter__"):
         raise TypeError(f"quantile_levels must be a sequence of numbers in (0, 1), got {levels!r}")
-    values = levels.tolist() if isinstance(levels, (np.ndarray, torch.Tensor)) else list(levels)
+    values = levels.tolist() if isinstance(levels, np.ndarray) or _is_tensor(levels) else list(levels)
     for q in values:
         if isinstance(q, bool) or not isinstance(q, numbers.Real):
             raise TypeError(
@@ -145,6 +168,8 @@ def check_device(device: Any) -> torch.device | None:
     ``"cuda"`` on a CPU build of torch, or without a visible GPU, is a ``ValueError`` saying so
     (rather than the AssertionError torch raises deep inside ``.to()``).
     """
+    import torch
+
     if device is None:
         return None
     try:
@@ -199,7 +224,9 @@ def as_float_array(values: Any, what: str = "context") -> np.ndarray:
     Booleans and integers are cast; ``None`` in lists and object arrays means missing. Strings (even
     numeric ones), complex numbers, datetimes and other objects are a ``TypeError`` naming ``what``.
     """
-    if isinstance(values, torch.Tensor):
+    if _is_tensor(values):
+        import torch
+
         if values.is_complex():
             raise TypeError(f"{what} is complex; forecasting needs real numbers")
         return values.detach().to("cpu", torch.float64).numpy()
@@ -231,28 +258,34 @@ def as_float_array(values: Any, what: str = "context") -> np.ndarray:
 def _is_scalar(value: Any) -> bool:
     if _is_missing(value) or isinstance(value, (numbers.Number, np.generic)):
         return not isinstance(value, (str, bytes))
-    return isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 0
+    return (isinstance(value, np.ndarray) or _is_tensor(value)) and value.ndim == 0
 
 
 def _as_tensor(arr: np.ndarray) -> torch.Tensor:
     """``arr`` as a tensor that shares its memory where it can; a copy where it is not contiguous or read-only
     (pandas 3's copy-on-write hands those out, as does a memory-mapped file): torch cannot share those."""
+    import torch
+
     arr = np.ascontiguousarray(arr)
     return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
 
-def _finite_series(arr: np.ndarray, index: int) -> torch.Tensor:
+def _finite_series(arr: np.ndarray, index: int) -> np.ndarray:
     inf = np.isinf(arr)
     if inf.any():
-        warnings.warn(
-            f"series {index} contains {int(inf.sum())} inf value(s); treating them as missing", UserWarning, stacklevel=4
-        )
+        _warn(f"series {index} contains {int(inf.sum())} inf value(s); treating them as missing")
         arr = np.where(inf, np.nan, arr)
-    return _as_tensor(arr)
+    return arr
 
 
 def to_series_list(context: Any) -> list[torch.Tensor]:
-    """Validate a context of array-like series; returns 1-D float64 tensors (NaN = missing).
+    """Validate a context of array-like series; returns 1-D float64 tensors (NaN = missing): ``to_series_arrays``
+    as tensors (sharing memory where they can)."""
+    return [_as_tensor(arr) for arr in to_series_arrays(context)]
+
+
+def to_series_arrays(context: Any) -> list[np.ndarray]:
+    """Validate a context of array-like series; returns 1-D float64 numpy arrays (NaN = missing).
 
     Accepts a 1-D or 2-D tensor / array (rows are series), or a list / tuple of 1-D series of any
     lengths (arrays, tensors, lists with ``None`` for missing values, as JSON gives them). A flat list
@@ -277,7 +310,7 @@ def to_series_list(context: Any) -> list[torch.Tensor]:
         else:
             items = list(context)
     else:
-        if not isinstance(context, (np.ndarray, torch.Tensor)) and not hasattr(context, "__array__"):
+        if not isinstance(context, np.ndarray) and not _is_tensor(context) and not hasattr(context, "__array__"):
             raise TypeError(
                 f"context of type {type(context).__name__} is not supported; pass a tensor, an array, a list of series, "
                 "a pandas Series or DataFrame, or a GluonTS dataset"
@@ -293,10 +326,8 @@ def to_series_list(context: Any) -> list[torch.Tensor]:
         if arr.ndim == 2 and arr.shape[0] == 0:
             raise ValueError(f"context has shape {arr.shape}: no series to forecast")
         if arr.ndim == 2 and arr.shape[1] == 1 and arr.shape[0] > 1:
-            warnings.warn(
-                f"context has shape {arr.shape}: {arr.shape[0]} series of one value each (rows are series); "
-                "for one series pass a 1-D array or the transpose", UserWarning, stacklevel=3,
-            )
+            _warn(f"context has shape {arr.shape}: {arr.shape[0]} series of one value each (rows are series); "
+                  "for one series pass a 1-D array or the transpose")
         items = [arr] if arr.ndim == 1 else list(arr)
     series = []
     for i, item in enumerate(items):
@@ -325,7 +356,7 @@ def check_update(values: Any, batch: int) -> torch.Tensor:
         )
     inf = np.isinf(arr)
     if inf.any():
-        warnings.warn(f"update contains {int(inf.sum())} inf value(s); treating them as missing", UserWarning, stacklevel=3)
+        _warn(f"update contains {int(inf.sum())} inf value(s); treating them as missing")
         arr = np.where(inf, np.nan, arr)
     return _as_tensor(arr)
 
@@ -336,6 +367,8 @@ def check_float32_model(model: torch.nn.Module) -> None:
     parameters were converted (``model.double()``, ``.half()``, ``.to(torch.bfloat16)``, a Lightning
     ``*-true`` precision other than 32) is a ``ValueError`` naming the first such parameter and the fix,
     instead of a dtype mismatch deep inside torch. Integer tensors (e.g. a quantised layer's) pass."""
+    import torch
+
     # a walk over each module's own parameter dict: a third of model.parameters()' cost (it runs in every
     # forward that was not prepared, also a stream's one-patch updates)
     modules, converted = [model], False
@@ -359,6 +392,8 @@ def check_tokens(tokens: Any, patch_size: int, device: torch.device) -> torch.Te
     """``TiRexModel.forward``'s tokens: a (batch, tokens, 2 * patch_size) real tensor of finite values on the
     model's device (``tirex.scaling.patch_tokens`` builds them), returned as float32 (other real dtypes
     are converted); anything else is a ``TypeError`` / ``ValueError`` saying what was expected."""
+    import torch
+
     if not isinstance(tokens, torch.Tensor):
         raise TypeError(f"tokens must be a torch.Tensor (from tirex.scaling.patch_tokens), got {type(tokens).__name__}")
     if tokens.is_complex() or tokens.dtype == torch.bool:
