@@ -15,12 +15,9 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig
+from .config import CONFIG_NAME, OFFICIAL_CKPT_NAME, WEIGHTS_NAME, CheckpointError, ModelConfig  # noqa: F401
 from .inference import column_major
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-OFFICIAL_CKPT_NAME = "model.ckpt"
 
 # reference name -> our name; block-level names are relative to ``blocks.<i>.``
 _TOP_LEVEL = {
@@ -47,10 +44,6 @@ _BLOCK_LEVEL = {
     "ffn.proj_down.weight": "ffn.down.weight",
 }
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model."""
 
 
 def _our_name(ref_key: str) -> str:

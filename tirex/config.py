@@ -6,8 +6,23 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
+
+CONFIG_NAME = "config.json"  # our format: a folder with these two files
+WEIGHTS_NAME = "model.safetensors"
+OFFICIAL_CKPT_NAME = "model.ckpt"  # the published TiRex layout (a torch pickle: read by tirex.checkpoint)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+def bundled_model_dir() -> Path:
+    """Folder of the default model shipped inside the package."""
+    return Path(str(resources.files("tirex") / "weights" / "default"))
+
 
 DEFAULT_QUANTILE_LEVELS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 

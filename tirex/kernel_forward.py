@@ -13,9 +13,12 @@ import ctypes
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
+
 FLOAT_BYTES = 4
 ROWS_PER_CHUNK = 2048  # few, large ops: smaller chunks lose more to thread synchronisation than they gain in cache
 GROUP_NORM_EPS = 1e-5  # the per-head group norm after the recurrence
+RMS_NORM_EPS = 1e-6  # the blocks' and the output's RMSNorm
 
 # the kernel's GemmMode (tirex_gemm's epilogue)
 GEMM_STORE, GEMM_ACCUMULATE, GEMM_RELU, GEMM_SWIGLU, GEMM_STORE_BF16 = 0, 1, 2, 3, 4
@@ -31,6 +34,34 @@ def residual_gemms(lib, x: int, dst: int, hidden: int, rows: int, weights, threa
     lib.tirex_gemm(x, k, hw, None, hd, hb, hidden, hd, rows, hd, k, GEMM_RELU, threads)
     lib.tirex_gemm(x, k, rw, None, o, rb, dst, o, rows, o, k, GEMM_STORE, threads)
     lib.tirex_gemm(hidden, hd, ow, None, o, ob, dst, o, rows, o, hd, GEMM_ACCUMULATE, threads)
+
+
+def round_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 values rounded to the nearest bfloat16 (ties to even on the bits; NaN kept), as float32."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    bits = x.view(np.uint32)
+    rounded = ((bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) & np.uint32(0xFFFF0000)).view(np.float32)
+    return np.where(np.isnan(x), x, rounded).astype(np.float32)
+
+
+def bf16_pairs(recurrent: np.ndarray, block: int = 0) -> np.ndarray:
+    """(heads, D, 4D) float32 -> its bfloat16 bits (uint16, rounded as ``round_bf16``) in pairs for the CPU
+    kernel's recurrent product (rows 2i and 2i + 1 of each column side by side): (heads, D / 2, 4D, 2) for the
+    AVX512-BF16 product (``block`` 0), (heads, 4D / block, D / 2, block, 2) in column blocks for the AVX2 one."""
+    heads, dh, g = recurrent.shape
+    bits = (round_bf16(recurrent).view(np.uint32) >> 16).astype(np.uint16)
+    pairs = bits.reshape(heads, dh // 2, 2, g).transpose(0, 1, 3, 2)  # (heads, D / 2, 4D, 2)
+    if block:
+        pairs = pairs.reshape(heads, dh // 2, g // block, block, 2).transpose(0, 2, 1, 3, 4)
+    return np.ascontiguousarray(pairs)
+
+
+def pairs_block(lib) -> int | None:
+    """The column block of the pairs layout the CPU kernel ``lib`` reads (see ``bf16_pairs``), or None if
+    it reads no pairs (or ``lib`` is None: no kernel)."""
+    if lib is None or not lib.tirex_uses_bf16_pairs():
+        return None
+    return int(lib.tirex_bf16_pairs_block())
 
 
 class BlockOperands(ctypes.Structure):

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .kernel_forward import RMS_NORM_EPS
+
 
 class Linear(nn.Linear):
     """``nn.Linear`` without its random initialisation where it is built on the meta device (``load_model``
@@ -25,7 +27,7 @@ PLAIN_LINEAR = (nn.Linear, Linear)
 class RMSNorm(nn.Module):
     """``x * rsqrt(mean(x^2) + eps) * weight``, computed in float32."""
 
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+    def __init__(self, dim: int, eps: float = RMS_NORM_EPS) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))

@@ -9,7 +9,6 @@ import os
 import re
 import sys
 import tempfile
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -26,16 +25,11 @@ from .checkpoint import (
     read_safetensors,
 )
 from . import inference
-from .config import ModelConfig
+from .config import ModelConfig, bundled_model_dir
 from .model import TiRexModel
 from .validation import check_device
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
-
-def bundled_model_dir() -> Path:
-    """Folder of the default model shipped inside the package."""
-    return Path(str(resources.files("tirex") / "weights" / "default"))
 
 
 def _build(config: ModelConfig, state: dict[str, torch.Tensor], source: str) -> TiRexModel:

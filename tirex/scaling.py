@@ -30,20 +30,25 @@ def window(context: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def fit_scale(x: torch.Tensor) -> Scale:
-    """NaN-aware mean and population standard deviation of each row.
+    """NaN-aware mean and population standard deviation of each row, float32.
 
     All-NaN rows get loc 0 and scale 1; constant rows get scale ``|loc| + 1e-5`` so that
-    dividing never produces inf or NaN.
+    dividing never produces inf or NaN. The sums accumulate in float64 and are rounded to float32 once:
+    the result does not depend on the order of summation (torch's or numpy's, any vector width), so
+    ``tirex.lite``'s numpy scaling gives the same bits, and a long series loses no precision to a float32 sum.
     """
+    device = x.device
+    if device.type == "mps":  # no float64 on Apple's GPUs: the statistics on the CPU (a (batch, window) array)
+        x = x.cpu()
     observed = ~torch.isnan(x)
-    count = observed.sum(dim=1, keepdim=True)
+    count = observed.sum(dim=1, keepdim=True, dtype=torch.float64)
     zeros = torch.zeros_like(x)
-    loc = torch.where(observed, x, zeros).sum(dim=1, keepdim=True) / count
+    loc = (torch.where(observed, x, zeros).sum(dim=1, keepdim=True, dtype=torch.float64) / count).float()
     loc = torch.nan_to_num(loc, nan=0.0)
-    sq = torch.where(observed, (x - loc) ** 2, zeros).sum(dim=1, keepdim=True) / count
+    sq = (torch.where(observed, (x - loc) ** 2, zeros).sum(dim=1, keepdim=True, dtype=torch.float64) / count).float()
     scale = torch.nan_to_num(torch.sqrt(sq), nan=1.0)
     scale = torch.where(scale == 0, loc.abs() + 1e-5, scale)
-    return Scale(loc, scale)
+    return Scale(loc.to(device), scale.to(device))
 
 
 def patch_tokens(x: torch.Tensor, patch_size: int) -> torch.Tensor:

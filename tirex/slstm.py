@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from . import inference
 from .backends import resolve
-from .kernel_forward import GROUP_NORM_EPS
+from .kernel_forward import GROUP_NORM_EPS, pairs_block, round_bf16
+from .kernel_forward import bf16_pairs as _bf16_pairs_array
 from .layers import GatedFeedForward, RMSNorm
 
 GATES = ("input", "forget", "cell", "output")  # order of the gate axis everywhere
@@ -54,9 +55,7 @@ def _round_bf16(x: torch.Tensor) -> torch.Tensor:
 
 def _round_bf16_numpy(x: np.ndarray) -> torch.Tensor:
     """``_round_bf16`` for a float32 array (nearest even on the bits; NaN kept), as a tensor."""
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    rounded = ((bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) & np.uint32(0xFFFF0000)).view(np.float32)
-    return torch.from_numpy(np.where(np.isnan(x), x, rounded).astype(np.float32))
+    return torch.from_numpy(round_bf16(x))
 
 
 def slstm_recurrence_torch(
@@ -138,22 +137,8 @@ def slstm_recurrence(
 
 
 def bf16_pairs(recurrent: torch.Tensor, block: int = 0) -> torch.Tensor:
-    """(heads, D, 4D) bfloat16-exact float32 -> bfloat16 pairs for the CPU kernel's recurrent product (rows
-    2i and 2i + 1 of each column side by side): (heads, D / 2, 4D, 2) for the AVX512-BF16 product
-    (``block`` 0), (heads, 4D / block, D / 2, block, 2) in column blocks for the AVX2 one."""
-    heads, dh, g = recurrent.shape
-    pairs = recurrent.to(torch.bfloat16).view(heads, dh // 2, 2, g).transpose(2, 3)  # (heads, D / 2, 4D, 2)
-    if block:
-        pairs = pairs.reshape(heads, dh // 2, g // block, block, 2).transpose(1, 2)
-    return pairs.contiguous()
-
-
-def pairs_block(lib) -> int | None:
-    """The column block of the pairs layout the CPU kernel ``lib`` reads (see ``bf16_pairs``), or None if
-    it reads no pairs (or ``lib`` is None: no kernel)."""
-    if lib is None or not lib.tirex_uses_bf16_pairs():
-        return None
-    return int(lib.tirex_bf16_pairs_block())
+    """``tirex.kernel_forward.bf16_pairs`` of a (heads, D, 4D) CPU tensor, as a bfloat16 tensor."""
+    return torch.from_numpy(_bf16_pairs_array(recurrent.detach().float().numpy(), block)).view(torch.bfloat16)
 
 
 def kernel_recurrent_operands(recurrent: torch.Tensor, emulate_bf16: bool, lib) -> tuple[torch.Tensor,
