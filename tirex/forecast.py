@@ -17,15 +17,12 @@ Guarantees of every output (arrays, frames, GluonTS, streams):
 
 from __future__ import annotations
 
-import math
-import sys
-import warnings
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
-from .inputs import pad_batch, plan_batches, power_of_two_scale  # noqa: F401 - plan_batches re-exported
+from .inputs import long_run_progress, pad_batch, plan_batches, power_of_two_scale
 from .outputs import finish, finish_batch
 from .validation import (
     check_max_masked_fraction,
@@ -39,7 +36,6 @@ from .validation import (
 if TYPE_CHECKING:
     from .model import TiRexModel
 
-LONG_ROLLOUT_PASSES = 1000  # per batch of series: warn before, and show a progress bar (auto) for, longer rollouts
 
 
 def _is_dataframe(obj) -> bool:
@@ -55,15 +51,6 @@ def _is_gluonts_dataset(obj) -> bool:
         return True
     module = type(obj).__module__ or ""
     return module.startswith("gluonts") and hasattr(obj, "__iter__")
-
-
-def _progress_bar(progress: bool | None, total: int):
-    show = progress if progress is not None else (total > LONG_ROLLOUT_PASSES and sys.stderr.isatty())
-    if not show:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="forecast", unit="patch", file=sys.stderr)
 
 
 def forecast_tensors(
@@ -84,18 +71,9 @@ def forecast_tensors(
     """
     cfg = model.config
     device = next(model.parameters()).device
-    patches = math.ceil(prediction_length / cfg.patch_size)
     order, bounds = plan_batches(series, cfg.context_length, cfg.patch_size, batch_size,
                                  early_cuts=device.type == "cpu")
-    n_batches = len(bounds)
-    passes = math.ceil(patches / rollout_steps)
-    if passes > LONG_ROLLOUT_PASSES:
-        warnings.warn(
-            f"prediction_length {prediction_length:,} takes {passes:,} rollout passes per batch of series "
-            f"({n_batches} batch(es)); this can take minutes. Beyond the context ({cfg.context_length} steps) the "
-            "forecast is rolled out from the model's own predictions", UserWarning, stacklevel=3,
-        )
-    bar = _progress_bar(progress, n_batches * patches)
+    bar = long_run_progress(prediction_length, cfg.patch_size, cfg.context_length, rollout_steps, len(bounds), progress)
     # series of similar length go together: a batch's shared empty (padded) start is skipped
     ordered = [series[i] for i in order]
     quantiles, means = [], []

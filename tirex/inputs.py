@@ -9,6 +9,7 @@ arrays or tensors.
 from __future__ import annotations
 
 import math
+import sys
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,10 +19,11 @@ from .validation import check_prediction_length, to_series_list
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["FIXED_COST_WINDOWS", "MIN_EARLY_CUT", "as_numpy", "check_prediction_length", "pad_batch", "pad_rows",
+__all__ = ["FIXED_COST_WINDOWS", "LONG_ROLLOUT_PASSES", "MIN_EARLY_CUT", "as_numpy", "check_prediction_length", "long_run_progress", "pad_batch", "pad_rows",
            "plan_batches", "power_of_two_scale", "to_series_list"]
 
 FIXED_COST_WINDOWS = 4  # a forward's fixed cost (weights read, per-call overhead), in full windows of token rows
+LONG_ROLLOUT_PASSES = 1000  # per batch of series: warn before, and show a progress bar (auto) for, longer rollouts
 
 
 def power_of_two_scale(series: Any) -> float:
@@ -107,3 +109,24 @@ def plan_batches(series: list[torch.Tensor], context_length: int, patch_size: in
     if n:
         bounds.append((start, n))
     return order, bounds
+
+
+def long_run_progress(prediction_length: int, patch_size: int, context_length: int, rollout_steps: int,
+                      batches: int, progress: bool | None):
+    """Before a forecast's rollout: a warning where it takes over ``LONG_ROLLOUT_PASSES`` passes per batch of
+    series, and a progress bar on stderr (counting patches) where ``progress`` is True, or None and the rollout
+    is that long and stderr a terminal; None where no bar is shown."""
+    patches = math.ceil(prediction_length / patch_size)
+    passes = math.ceil(patches / rollout_steps)
+    if passes > LONG_ROLLOUT_PASSES:
+        from .validation import _warn
+
+        _warn(f"prediction_length {prediction_length:,} takes {passes:,} rollout passes per batch of series "
+              f"({batches} batch(es)); this can take minutes. Beyond the context ({context_length} steps) the "
+              "forecast is rolled out from the model's own predictions")
+    show = progress if progress is not None else (passes > LONG_ROLLOUT_PASSES and sys.stderr.isatty())
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=batches * patches, desc="forecast", unit="patch", file=sys.stderr)

@@ -33,9 +33,11 @@ def fit_scale(x: torch.Tensor) -> Scale:
     """NaN-aware mean and population standard deviation of each row, float32.
 
     All-NaN rows get loc 0 and scale 1; constant rows get scale ``|loc| + 1e-5`` so that
-    dividing never produces inf or NaN. The sums accumulate in float64 and are rounded to float32 once:
-    the result does not depend on the order of summation (torch's or numpy's, any vector width), so
-    ``tirex.lite``'s numpy scaling gives the same bits, and a long series loses no precision to a float32 sum.
+    dividing never produces inf or NaN. The sums, the mean and the square root are float64, rounded to float32
+    once: the result does not depend on the order of summation (torch's or numpy's, any vector width) nor on
+    how a library rounds a float32 square root (torch's vectorised one can be an ulp off numpy's correctly
+    rounded one), so ``tirex.lite``'s numpy scaling gives the same bits, and a long series loses no precision
+    to a float32 sum.
     """
     device = x.device
     if device.type == "mps":  # no float64 on Apple's GPUs: the statistics on the CPU (a (batch, window) array)
@@ -45,8 +47,8 @@ def fit_scale(x: torch.Tensor) -> Scale:
     zeros = torch.zeros_like(x)
     loc = (torch.where(observed, x, zeros).sum(dim=1, keepdim=True, dtype=torch.float64) / count).float()
     loc = torch.nan_to_num(loc, nan=0.0)
-    sq = (torch.where(observed, (x - loc) ** 2, zeros).sum(dim=1, keepdim=True, dtype=torch.float64) / count).float()
-    scale = torch.nan_to_num(torch.sqrt(sq), nan=1.0)
+    sq = torch.where(observed, (x - loc) ** 2, zeros).sum(dim=1, keepdim=True, dtype=torch.float64) / count
+    scale = torch.nan_to_num(torch.sqrt(sq).float(), nan=1.0)
     scale = torch.where(scale == 0, loc.abs() + 1e-5, scale)
     return Scale(loc.to(device), scale.to(device))
 
