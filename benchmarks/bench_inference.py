@@ -13,6 +13,7 @@ Usage:
     python benchmarks/bench_inference.py --quick         # fewer processes / repetitions
     python benchmarks/bench_inference.py --device cuda   # GPU, where present
     python benchmarks/bench_inference.py --ours-fast     # also time our opt-in bfloat16 fast mode
+    python benchmarks/bench_inference.py --ours-lite     # also time tirex.lite (numpy + kernels, no torch)
     python benchmarks/bench_inference.py --variant torch_mm=TIREX_CPU_GEMM=0 --variant avx2=TIREX_CPU_ISA=avx2
                                                          # also time ours with other settings (A/B in one run)
     python benchmarks/bench_inference.py --scenario b32_ctx512_h64 --scenario b1_ctx512_h32   # short series
@@ -62,7 +63,39 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def lite_worker(args) -> None:
+    """``tirex.lite`` in a process that never imports torch: the same series (from the driver's .npy), the same
+    weights (the checkpoint saved in tirex's format)."""
+    import numpy as np
+
+    batch, length, horizon = SCENARIOS[args.scenario]
+    context = np.load(args.context)
+    t0 = time.perf_counter()
+    from tirex import cpu_kernel, lite
+
+    model = lite.load_model(args.lite_model, threads=args.threads)
+    load_s = time.perf_counter() - t0
+
+    def timed():
+        start = time.perf_counter()
+        out = model.forecast(context, prediction_length=horizon, batch_size=batch)
+        return time.perf_counter() - start, out
+
+    first_s, (q, _) = timed()
+    times = [timed()[0] for _ in range(args.reps)]
+    np.save(args.out_tensor.with_suffix(".npy"), q.astype(np.float32))
+    dispatch = cpu_kernel.active()
+    assert "torch" not in sys.modules, "tirex.lite imported torch"
+    print(json.dumps({
+        "impl": args.worker, "dispatch": {"level": dispatch.level, "matmuls": "compiled", "fast": False},
+        "scenario": args.scenario, "load_s": load_s, "first_s": first_s, "times": times, "peak_rss_mb": _peak_rss_mb(),
+        "threads": model.threads, "loadavg_1min": os.getloadavg()[0], "cuda_peak_mb": None,
+    }))
+
+
 def worker(args) -> None:
+    if args.worker == "ours_lite":
+        return lite_worker(args)
     import torch
 
     if args.threads:
@@ -138,10 +171,31 @@ write_reference_checkpoint(model, {str(path)!r})
     subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", code], check=True, cwd=ROOT)
 
 
+def write_lite_inputs(ckpt: Path, folder: Path, scenarios: list[str]) -> None:
+    """For ``tirex.lite``: the checkpoint in tirex's format (cached beside it) and each scenario's series as .npy."""
+    model_dir = ckpt.with_suffix(".lite")
+    code = f"""
+import numpy as np, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+from bench_inference import _series, SCENARIOS
+from pathlib import Path
+from tirex import load_model
+if not Path({str(model_dir)!r}).is_dir():
+    load_model({str(ckpt)!r}).save_pretrained({str(model_dir)!r})
+for name in {scenarios!r}:
+    batch, length, _ = SCENARIOS[name]
+    np.save(Path({str(folder)!r}) / f"{{name}}_context.npy", _series(batch, length).numpy())
+"""
+    subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", code], check=True, cwd=ROOT)
+
+
 def run_worker(python: Path, impl: str, scenario: str, ckpt: Path, reps: int, device: str, out_tensor: Path,
                threads: int | None, env: dict | None = None) -> dict:
     cmd = [str(python), str(Path(__file__).resolve()), "--worker", impl, "--scenario", scenario, "--ckpt", str(ckpt),
            "--reps", str(reps), "--device", device, "--out-tensor", str(out_tensor)]
+    if impl == "ours_lite":
+        cmd += ["--lite-model", str(ckpt.with_suffix(".lite")),
+                "--context", str(out_tensor.parent / f"{scenario}_context.npy")]
     if threads:
         cmd += ["--threads", str(threads)]
     # run from a neutral folder so the reference venv never imports our source tree
@@ -156,7 +210,11 @@ def parity(ours: Path, ref: Path, scenario: str) -> tuple[float, float]:
     """max / mean |ours - reference| over the series' std (the spec's measure)."""
     import torch
 
-    a, b = torch.load(ours, weights_only=True), torch.load(ref, weights_only=True)
+    import numpy as np
+
+    b = torch.load(ref, weights_only=True)
+    npy = ours.with_suffix(".npy")  # tirex.lite's (saved without torch)
+    a = {"quantiles": torch.from_numpy(np.load(npy))} if npy.exists() else torch.load(ours, weights_only=True)
     batch, length, _ = SCENARIOS[scenario]
     std = _series(batch, length).double().std(dim=1, unbiased=False).view(-1, 1, 1)
     # ours returns the quantiles sorted along the level (a monotone rearrangement; random weights cross a lot),
@@ -176,6 +234,9 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=5, help="timed calls per process after the first")
     p.add_argument("--quick", action="store_true", help="2 processes x 3 calls")
     p.add_argument("--ours-fast", action="store_true", help="also time our bfloat16 fast mode")
+    p.add_argument("--ours-lite", action="store_true", help="also time tirex.lite (no torch in its process)")
+    p.add_argument("--lite-model", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--context", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--no-ref", action="store_true", help="skip tirex-ts (no .venv-ref)")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=VAR=VALUE[,VAR=VALUE]",
                    help="also time ours with these environment variables (e.g. torch_mm=TIREX_CPU_GEMM=0)")
@@ -199,6 +260,8 @@ def main() -> None:
     envs: dict[str, dict] = {}
     if args.ours_fast:
         impls["ours_fast"] = impls["ours"]
+    if args.ours_lite:
+        impls["ours_lite"] = impls["ours"]
     for spec in args.variant:
         name, _, settings = spec.partition("=")
         envs[name] = dict(item.split("=", 1) for item in settings.split(",") if item)
@@ -210,6 +273,8 @@ def main() -> None:
 
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.ours_lite:
+            write_lite_inputs(ckpt, Path(tmp), scenarios)
         for scenario in scenarios:
             runs = {impl: [] for impl in impls}
             for i in range(args.procs):

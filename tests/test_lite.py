@@ -204,6 +204,12 @@ def test_models_it_cannot_read_get_clear_errors(tmp_path):
     model.save_pretrained(folder)
     with pytest.raises(CheckpointError, match="out_norm.weight holds NaN"):
         lite.load_model(folder)
+    from safetensors.numpy import save_file
+
+    save_file({"block_stack.blocks.0.norm_ffn.weight": np.ones(64, np.float32)}, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match="published layout's names"):
+        lite.load_model(folder)
+    model.save_pretrained(folder)
     data = (folder / "model.safetensors").read_bytes()
     (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
@@ -238,3 +244,16 @@ def test_import_tirex_is_lazy_but_complete():
     assert proc.stdout.split() == ["tirex.loading", "TiRexModel"]
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         tirex.no_such_name
+
+
+def test_half_precision_files_are_read_as_float32(tmp_path):
+    """bfloat16 (no numpy dtype: its bits are the upper half of a float32) and float16 tensors, as torch reads them."""
+    from safetensors.torch import save_file
+
+    values = torch.randn(5, 7) * 100
+    tensors = {"a": values.to(torch.bfloat16), "b": values.half(), "c": values, "d": values.double()}
+    save_file(tensors, tmp_path / "x.safetensors")
+    read = dict(lite._safetensors(tmp_path / "x.safetensors"))
+    assert sorted(read) == ["a", "b", "c", "d"]
+    for name, tensor in tensors.items():
+        assert read[name].dtype == np.float32 and np.array_equal(read[name], tensor.float().numpy()), name

@@ -460,7 +460,8 @@ def test_inference_stores_linear_weights_column_major_without_changing_anything_
     assert not torch.equal(linears[0].weight, weight_before_step)
 
 
-def test_repeated_small_forecasts_do_not_fault_their_memory_in_again():
+@pytest.mark.parametrize("runtime", ["torch", "lite"])
+def test_repeated_small_forecasts_do_not_fault_their_memory_in_again(runtime):
     """The allocator keeps a small forecast's freed temporaries (``inference.HEAP_KEPT``): with glibc returning
     them to the OS every batch-1 forecast of the bundled model took ~560 page faults to get them back."""
     import platform
@@ -470,9 +471,9 @@ def test_repeated_small_forecasts_do_not_fault_their_memory_in_again():
     if platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc":
         pytest.skip("the allocator settings are for glibc")
     script = (
-        "import resource, torch\n"
-        "from tirex import load_model\n"
-        "m = load_model(); x = torch.randn(1, 2048).cumsum(1)\n"
+        "import resource, numpy as np\n"
+        f"from tirex{'.lite' if runtime == 'lite' else ''} import load_model\n"
+        "m = load_model(); x = np.random.default_rng(0).normal(size=(1, 2048)).cumsum(1)\n"
         "for _ in range(5): m.forecast(x, 32)\n"
         "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
         "for _ in range(20): m.forecast(x, 32)\n"

@@ -20,9 +20,7 @@ and the bfloat16-emulating recurrence are unchanged.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import math
-import os
 import threading
 
 import torch
@@ -31,7 +29,9 @@ from torch import nn
 
 from . import cpu_kernel
 from .cpus import capped_threads
-from .kernel_forward import GEMM_ACCUMULATE, GEMM_STORE, GEMM_STORE_BF16, GEMM_SWIGLU, ROWS_PER_CHUNK, residual_gemms
+from .kernel_forward import (  # noqa: F401 - HEAP_KEPT re-exported
+    GEMM_ACCUMULATE, GEMM_STORE, GEMM_STORE_BF16, GEMM_SWIGLU, HEAP_KEPT, ROWS_PER_CHUNK, residual_gemms,
+    return_large_blocks_to_the_os)
 from .layers import PLAIN_LINEAR, GatedFeedForward, ResidualBlock, RMSNorm
 
 
@@ -163,38 +163,6 @@ def column_major(weight: torch.Tensor) -> torch.Tensor:
     if _row_major_matrix(weight):
         return weight.t().contiguous().t()
     return weight
-
-
-_heap_tuned = False
-
-
-HEAP_KEPT = 8 << 20  # bytes of free heap top kept (M_TRIM_THRESHOLD): a small forecast's temporaries
-
-
-def return_large_blocks_to_the_os() -> None:
-    """Serve allocations of 1 MiB and more with mmap, so that freed activations go back to the OS.
-
-    glibc otherwise raises its mmap threshold after the first large free and keeps later large
-    blocks on the heap: a forecast then holds on to ~200 MB of freed activations (peak RSS 745 MB
-    instead of 527 MB at the published size, batch 32), with no measurable speed difference.
-    Smaller blocks stay on the heap, whose free top is kept up to 8 MiB (``HEAP_KEPT``): with 1 MiB a
-    small forecast's freed temporaries went back to the OS and every forecast faulted them in again
-    (about 560 page faults per batch-1 forecast of the bundled model, AMD Zen 3, 7 Dec: 8.7 against
-    8.4 ms, medians of 6 alternating processes; none with 8 MiB).
-    Linux/glibc only; set ``TIREX_MALLOC_TUNING=0`` to leave the allocator alone.
-    """
-    global _heap_tuned
-    if _heap_tuned:
-        return
-    _heap_tuned = True
-    if os.environ.get("TIREX_MALLOC_TUNING", "1").lower() in ("0", "false", "no", "off"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, HEAP_KEPT)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass  # not glibc
 
 
 def dispatch():

@@ -17,8 +17,10 @@ fine-tuning, Hub downloads and the published ``model.ckpt`` (a torch pickle: con
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,7 +32,7 @@ from .config import CONFIG_NAME, OFFICIAL_CKPT_NAME, WEIGHTS_NAME, CheckpointErr
 from .cpus import capped_threads, cpu_budget
 from .inputs import long_run_progress, pad_rows, plan_batches, power_of_two_scale
 from .kernel_forward import (RMS_NORM_EPS, BlockOperands, KernelForward, LinearOperand, ResidualOperands, bf16_pairs,
-                             pairs_block, round_bf16)
+                             pairs_block, return_large_blocks_to_the_os, round_bf16)
 from .outputs import finish, finish_batch
 from .validation import (check_max_masked_fraction, check_positive_int, check_prediction_length,
                          check_quantile_levels, to_series_arrays)
@@ -52,10 +54,13 @@ def load_model(source: str | os.PathLike | None = None, threads: int | None = No
         RuntimeError: no compiled CPU kernels on this machine (``tirex info`` says why); ``tirex.load_model``
             runs without them.
     """
+    return_large_blocks_to_the_os()  # the allocator settings of the torch package (small temporaries kept)
     folder_or_file = bundled_model_dir() if source is None else Path(source)
     config_path, weights_path = _model_files(folder_or_file)
     config = ModelConfig.load(config_path)
-    return LiteModel(config, _read_weights(weights_path, config), _threads(threads), str(weights_path))
+    model = LiteModel(config, _read_weights(weights_path, config), _threads(threads), str(weights_path))
+    model._prepared()  # the kernels loaded and the operands prepared now, not in the first forecast
+    return model
 
 
 def _model_files(path: Path) -> tuple[Path, Path]:
@@ -112,37 +117,73 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+_DTYPES = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "BF16": np.uint16}  # BF16: the upper float32 bits
+_HEADER_LIMIT = 100 << 20  # the format's own cap on the JSON header
+
+
+def _safetensors(path: Path):
+    """(name, float32 array) for every tensor of a ``.safetensors`` file, read one tensor at a time with plain
+    reads (the format: an 8-byte little-endian header length, a JSON header of dtype, shape and byte offsets into
+    the data that follows). Not memory-mapped: a mapped file's pages count as this process's resident memory
+    while it is open, twice the weights at the peak."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < length <= min(_HEADER_LIMIT, size - 8):
+            raise CheckpointError(f"cannot read {path}: corrupt or truncated safetensors file (no valid header)")
+        try:
+            header = json.loads(f.read(length))
+        except ValueError as exc:
+            raise CheckpointError(f"cannot read {path}: corrupt or truncated safetensors file ({exc})") from exc
+        start = 8 + length
+        for name, entry in sorted(header.items()):
+            if name == "__metadata__":
+                continue
+            try:
+                dtype, shape, (begin, end) = _DTYPES.get(entry["dtype"]), tuple(entry["shape"]), entry["data_offsets"]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CheckpointError(f"cannot read {path}: a malformed header entry for {name} ({exc})") from exc
+            if dtype is None:
+                raise CheckpointError(f"{path}: {name} holds {entry['dtype']} values, expected floating point")
+            count = math.prod(shape)
+            if not (0 <= begin <= end and start + end <= size and end - begin == count * np.dtype(dtype).itemsize):
+                raise CheckpointError(f"cannot read {path}: corrupt or truncated safetensors file ({name}'s bytes)")
+            value = np.empty(shape, dtype=dtype)
+            f.seek(start + begin)
+            if f.readinto(memoryview(value.reshape(-1)).cast("B")) != end - begin:
+                raise CheckpointError(f"cannot read {path}: corrupt or truncated safetensors file ({name})")
+            if sys.byteorder != "little":
+                value = value.byteswap()
+            if entry["dtype"] == "BF16":
+                value = (value.astype(np.uint32) << 16).view(np.float32)
+            yield name, value.astype(np.float32, copy=False)
+
+
 def _read_weights(path: Path, config: ModelConfig) -> dict[str, np.ndarray]:
     """The tensors of ``path`` as float32 arrays, checked against ``config``'s names and shapes; weight matrices
     are stored transposed ((in, out) row-major, what the compiled matmuls read), one tensor at a time."""
-    from safetensors import SafetensorError, safe_open
-
     expected = expected_shapes(config)
     weights = {}
     try:
-        with safe_open(str(path), framework="numpy") as f:
-            names = set(f.keys())
-            if names != set(expected):
-                missing, unexpected = sorted(set(expected) - names), sorted(names - set(expected))
-                reference = any(n.startswith("input_patch_embedding.") for n in names)
+        for name, value in _safetensors(path):
+            if name not in expected:
+                reference = name.startswith(("input_patch_embedding.", "output_patch_embedding.", "block_stack."))
                 raise CheckpointError(
-                    f"{path} does not match its {CONFIG_NAME}: missing {missing[:5]}, unexpected {unexpected[:5]}" +
+                    f"{path} does not match its {CONFIG_NAME}: unexpected tensor {name}" +
                     (" (the published layout's names: convert it with tirex.load_model(path).save_pretrained(folder))"
                      if reference else ""))
-            for name in sorted(names):
-                value = f.get_tensor(name)
-                if tuple(value.shape) != expected[name]:
-                    raise CheckpointError(f"{path}: {name} has shape {tuple(value.shape)}, expected {expected[name]}")
-                if value.dtype.kind != "f":
-                    raise CheckpointError(f"{path}: {name} holds {value.dtype} values, expected floating point")
-                value = value.astype(np.float32, copy=False)
-                if not np.isfinite(value).all():
-                    raise CheckpointError(f"{path}: {name} holds NaN or inf values")
-                weights[name] = np.ascontiguousarray(value.T) if name.endswith(".weight") and value.ndim == 2 else value
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"cannot read {path}: corrupt or truncated safetensors file ({exc})") from exc
-    except TypeError as exc:  # a dtype numpy lacks (bfloat16)
-        raise CheckpointError(f"cannot read {path} without torch: {exc} (save it in float32)") from exc
+            if value.shape != expected[name]:
+                raise CheckpointError(f"{path}: {name} has shape {value.shape}, expected {expected[name]}")
+            if not np.isfinite(value).all():
+                raise CheckpointError(f"{path}: {name} holds NaN or inf values")
+            weights[name] = np.ascontiguousarray(value.T) if name.endswith(".weight") and value.ndim == 2 else value
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+    missing = sorted(set(expected) - set(weights))
+    if missing:
+        raise CheckpointError(f"{path} does not match its {CONFIG_NAME}: missing {missing[:5]}"
+                              f"{'...' if len(missing) > 5 else ''}")
     return weights
 
 
