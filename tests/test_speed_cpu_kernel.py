@@ -304,20 +304,21 @@ def test_fast_mode_is_skipped_with_a_warning_without_native_bfloat16(monkeypatch
 
 def test_stacked_rollout_passes_equal_sequential_passes(monkeypatch):
     """Passes that read no prediction run as one stacked batch; results match one pass at a time."""
-    import tirex.model as model_module
+    import tirex.inputs as inputs_module
+    from tirex.inputs import independent_passes
 
     model = _small_model()
     model.set_recurrence_dtype("float32")
     ctx = torch.randn(3, 300).cumsum(-1)
     stacked = model.rollout(ctx, prediction_length=150, rollout_steps=1)  # 5 passes, the last 1 fills in
-    monkeypatch.setattr(model_module, "STACKED_ROWS", 1)
+    monkeypatch.setattr(inputs_module, "STACKED_ROWS", 1)
     sequential = model.rollout(ctx, prediction_length=150, rollout_steps=1)
     torch.testing.assert_close(stacked, sequential, atol=1e-4, rtol=1e-4)
-    assert model._independent_passes(0, 1, 5, 1, 4, 3) == [0]  # STACKED_ROWS = 1: no stacking
-    monkeypatch.setattr(model_module, "STACKED_ROWS", 128)
-    assert model._independent_passes(0, 1, 5, 1, 4, 3) == [0, 1, 2, 3, 4]
-    assert model._independent_passes(0, 1, 5, 1, 2, 3) == [0, 1, 2]  # from pass 3 on predictions are filled in
-    assert model._independent_passes(0, 2, 5, 2, None, 3) == [0, 2]  # the last pass predicts 1 patch, not 2
+    assert independent_passes(0, 1, 5, 1, 4, 3) == [0]  # STACKED_ROWS = 1: no stacking
+    monkeypatch.setattr(inputs_module, "STACKED_ROWS", 128)
+    assert independent_passes(0, 1, 5, 1, 4, 3) == [0, 1, 2, 3, 4]
+    assert independent_passes(0, 1, 5, 1, 2, 3) == [0, 1, 2]  # from pass 3 on predictions are filled in
+    assert independent_passes(0, 2, 5, 2, None, 3) == [0, 2]  # the last pass predicts 1 patch, not 2
 
 
 def test_missing_kernel_source_falls_back(monkeypatch, tmp_path, fresh_dispatch):

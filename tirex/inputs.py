@@ -19,10 +19,14 @@ from .validation import check_prediction_length, to_series_list
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["FIXED_COST_WINDOWS", "LONG_ROLLOUT_PASSES", "MIN_EARLY_CUT", "as_numpy", "check_prediction_length", "long_run_progress", "pad_batch", "pad_rows",
-           "plan_batches", "power_of_two_scale", "to_series_list"]
+__all__ = [
+    "FIXED_COST_WINDOWS", "LONG_ROLLOUT_PASSES", "MIN_EARLY_CUT", "STACKED_ROWS", "as_numpy",
+    "check_prediction_length", "independent_passes", "long_run_progress", "pad_batch", "pad_rows", "plan_batches",
+    "power_of_two_scale", "to_series_list"
+]
 
 FIXED_COST_WINDOWS = 4  # a forward's fixed cost (weights read, per-call overhead), in full windows of token rows
+STACKED_ROWS = 128  # rollout passes are stacked along the batch up to this many series per forward
 LONG_ROLLOUT_PASSES = 1000  # per batch of series: warn before, and show a progress bar (auto) for, longer rollouts
 
 
@@ -130,3 +134,25 @@ def long_run_progress(prediction_length: int, patch_size: int, context_length: i
     from tqdm.auto import tqdm
 
     return tqdm(total=batches * patches, desc="forecast", unit="patch", file=sys.stderr)
+
+
+def independent_passes(done: int, k: int, total: int, rollout_steps: int, keep_masked: int | None,
+                       batch: int) -> list[int]:
+    """Starts of the rollout passes (``TiRexModel.rollout``, ``tirex.lite``) that can run as one stacked batch,
+    beginning at ``done``.
+
+    A pass reads no earlier prediction while it fills none in (start <= keep_masked): its input is the history
+    plus NaN. Such passes with the same patch count are stacked along the batch (one forward instead of several;
+    up to ``STACKED_ROWS`` rows), which changes no result.
+    """
+    starts = [done]
+    while True:
+        nxt = starts[-1] + k
+        if nxt >= total or min(total - nxt, rollout_steps) != k:
+            break
+        if keep_masked is not None and nxt > keep_masked:
+            break
+        if (len(starts) + 1) * batch > max(batch, STACKED_ROWS):
+            break
+        starts.append(nxt)
+    return starts

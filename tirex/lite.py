@@ -30,15 +30,12 @@ import numpy as np
 from . import cpu_kernel
 from .config import CONFIG_NAME, OFFICIAL_CKPT_NAME, WEIGHTS_NAME, CheckpointError, ModelConfig, bundled_model_dir
 from .cpus import capped_threads, cpu_budget
-from .inputs import long_run_progress, pad_rows, plan_batches, power_of_two_scale
+from .inputs import independent_passes, long_run_progress, pad_rows, plan_batches, power_of_two_scale
 from .kernel_forward import (RMS_NORM_EPS, BlockOperands, KernelForward, LinearOperand, ResidualOperands, bf16_pairs,
                              pairs_block, return_large_blocks_to_the_os, round_bf16)
 from .outputs import finish, finish_batch
 from .validation import (check_max_masked_fraction, check_positive_int, check_prediction_length,
                          check_quantile_levels, to_series_arrays)
-
-STACKED_ROWS = 128  # as tirex.model: rollout passes stacked along the batch up to this many series per forward
-
 
 def load_model(source: str | os.PathLike | None = None, threads: int | None = None) -> "LiteModel":
     """A model for torch-free forecasting.
@@ -330,7 +327,8 @@ class LiteModel:
 
     def _rollout(self, run: tuple[Any, KernelForward], context: np.ndarray, prediction_length: int, rollout_steps: int,
                  max_masked_fraction: float | None, on_patches=None) -> np.ndarray:
-        """``TiRexModel.rollout``: (batch, prediction_length, Q) float32 from (batch, time) float32."""
+        """``TiRexModel.rollout``: (batch, prediction_length, Q) float32 from (batch, time) float32 (the same steps
+        on numpy arrays; tests/test_lite.py holds the two to the same bits)."""
         c = self.config
         p = c.patch_size
         total = math.ceil(prediction_length / p)
@@ -342,13 +340,7 @@ class LiteModel:
         done = 0
         while done < total:
             k = min(total - done, rollout_steps)
-            starts = [done]  # passes that fill in no prediction, stacked along the batch
-            while True:
-                nxt = starts[-1] + k
-                if (nxt >= total or min(total - nxt, rollout_steps) != k or (keep_masked is not None and nxt > keep_masked)
-                        or (len(starts) + 1) * batch > max(batch, STACKED_ROWS)):
-                    break
-                starts.append(nxt)
+            starts = independent_passes(done, k, total, rollout_steps, keep_masked, batch)
             filled = 0 if keep_masked is None else max(0, done - keep_masked)
             knowns = []
             for start in starts:

@@ -12,7 +12,7 @@ from torch import nn
 from .config import ModelConfig
 from . import cpu_forward, inference
 from .backends import check_backend
-from .inputs import FIXED_COST_WINDOWS
+from .inputs import FIXED_COST_WINDOWS, independent_passes
 from .layers import ResidualBlock, RMSNorm
 from .scaling import fit_scale, patch_tokens, window
 from .slstm import SLSTMBlock, SLSTMState
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from .streaming import Stream
 
 
-STACKED_ROWS = 128  # rollout passes are stacked along the batch up to this many series per forward
 
 
 def forward_fixed_rows(config: ModelConfig) -> int:
@@ -261,7 +260,7 @@ class TiRexModel(nn.Module):
         done = 0
         while done < total:
             k = min(total - done, rollout_steps)
-            starts = self._independent_passes(done, k, total, rollout_steps, keep_masked, batch)
+            starts = independent_passes(done, k, total, rollout_steps, keep_masked, batch)
             filled = 0 if keep_masked is None else max(0, done - keep_masked)
             knowns = []
             for start in starts:  # only the first pass can fill in predictions (filled > 0)
@@ -280,26 +279,6 @@ class TiRexModel(nn.Module):
         quantiles = torch.cat(pieces, dim=1)  # (batch, total, Q, P)
         quantiles = quantiles.permute(0, 1, 3, 2).reshape(context.shape[0], total * p, -1)
         return quantiles[:, :prediction_length]
-
-    @staticmethod
-    def _independent_passes(done, k, total, rollout_steps, keep_masked, batch) -> list[int]:
-        """Starts of the rollout passes that can run as one stacked batch, beginning at ``done``.
-
-        A pass reads no earlier prediction while it fills none in (start <= keep_masked): its input
-        is the history plus NaN. Such passes with the same patch count are stacked along the batch
-        (one forward instead of several; up to STACKED_ROWS rows), which changes no result.
-        """
-        starts = [done]
-        while True:
-            nxt = starts[-1] + k
-            if nxt >= total or min(total - nxt, rollout_steps) != k:
-                break
-            if keep_masked is not None and nxt > keep_masked:
-                break
-            if (len(starts) + 1) * batch > max(batch, STACKED_ROWS):
-                break
-            starts.append(nxt)
-        return starts
 
     # -- public API -------------------------------------------------------------------------------
     def forecast(
