@@ -22,8 +22,6 @@ if TYPE_CHECKING:
     from .streaming import Stream
 
 
-
-
 def forward_fixed_rows(config: ModelConfig) -> int:
     """A forward's fixed cost in token rows (``FIXED_COST_WINDOWS`` full windows): what a batch plan or the
     shared empty start weighs an extra forward against."""

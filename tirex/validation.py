@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import sys
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -41,8 +42,7 @@ if TYPE_CHECKING:
 # torch is imported where a function needs it, not here: the torch-free runtime (``tirex.lite``) validates
 # with this module too. A torch tensor can only be passed where torch is already imported (``_is_tensor``).
 
-
-_PACKAGE = __file__.rsplit("validation.py", 1)[0]  # this package's folder, with its separator
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep  # this package's folder
 
 
 def _warn(message: str) -> None:
@@ -57,6 +57,7 @@ def _warn(message: str) -> None:
 def _is_tensor(value: Any) -> bool:
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(value, torch.Tensor)
+
 
 MAX_PREDICTION_LENGTH = 100_000  # steps per call; see check_prediction_length
 
