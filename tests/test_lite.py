@@ -10,13 +10,16 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import tirex
 from tirex import ModelConfig, TiRexModel, cpu_kernel, lite
 from tirex.config import CheckpointError
 
-from conftest import ROOT, assert_forecasts_agree, run_at_once
+from conftest import ROOT, assert_forecasts_agree, run_at_once, tiny_model
 from test_cpu_dispatch import LEVEL_PARAMS
+from test_fuzz import EXAMPLES, arrays, horizons, levels_strategy
 
 # the same bits as the torch package where it runs the compiled matmuls too (else within the parity bar)
 compiled = pytest.mark.skipif(cpu_kernel.active().matmuls != "compiled",
@@ -101,6 +104,42 @@ def test_a_series_gets_the_same_forecast_alone_as_in_any_batch_and_from_any_thre
     threaded = run_at_once([lambda s=s: model.forecast(s, 64) for s in series])
     for (q, _), (q_alone, _) in zip(threaded, alone):
         assert np.array_equal(q, q_alone)
+
+
+@pytest.fixture(scope="module")
+def fuzz_pair(tmp_path_factory):
+    """The fuzz tests' tiny model (context 64, patch 8: predictions filled in from horizon 33 on) and its lite twin."""
+    model = tiny_model(num_blocks=1, noise=0.1)
+    folder = tmp_path_factory.mktemp("fuzz") / "tiny"
+    model.save_pretrained(folder)
+    return model, lite.load_model(folder)
+
+
+def _outcome(model, *args, **kwargs):
+    """(the forecast, or the error's type and message; the warnings' messages)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = model.forecast(*args, **kwargs)
+        except (ValueError, TypeError) as exc:
+            result = (type(exc), str(exc))
+    return result, [str(w.message) for w in caught]
+
+
+@compiled
+@settings(max_examples=EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(context=arrays(), horizon=horizons, levels=levels_strategy, keep_sign=st.booleans())
+def test_fuzzed_inputs_give_the_same_forecast_or_the_same_error(fuzz_pair, context, horizon, levels, keep_sign):
+    """tests/test_fuzz.py's inputs (any dtype, shape, magnitude, NaN / inf, bad horizons and levels)."""
+    model, ours = fuzz_pair
+    expected, expected_warnings = _outcome(model, context, horizon, quantile_levels=levels, keep_sign=keep_sign)
+    got, got_warnings = _outcome(ours, context, horizon, quantile_levels=levels, keep_sign=keep_sign)
+    assert got_warnings == expected_warnings
+    if isinstance(expected[0], type):
+        assert got == expected
+    else:
+        _assert_same(got, expected)
 
 
 def test_the_scaling_statistics_do_not_depend_on_the_summation_order():
