@@ -4,15 +4,14 @@
 >>> model = load_model()                                   # the bundled default model
 >>> quantiles, mean = model.forecast(series, prediction_length=24)
 
-``import torch`` alone takes about 220 MB of resident memory and a second or more on a cold start; this
-runtime never imports it. It reads a model in tirex's format (a folder with ``config.json`` and
-``model.safetensors``, as ``save_pretrained`` writes it), runs the same compiled kernels as
-``tirex.load_model()`` on CPU (``tirex.kernel_forward``: the same calls in the same order) with the same
-validation (``tirex.validation``), batching (``tirex.inputs``) and output rules (``tirex.outputs``), and
-returns the same bits as ``tirex.load_model(...).forecast(...)`` with the compiled kernels (tested). What it
-leaves to the torch package: GPUs, the fast mode, tables and GluonTS datasets, streams, embeddings,
-fine-tuning, Hub downloads and the published ``model.ckpt`` (a torch pickle: convert it once with
-``tirex.load_model(path).save_pretrained(folder)``).
+``import torch`` alone takes about 220 MB of resident memory; this runtime never imports it. It reads a model
+in tirex's format (a folder with ``config.json`` and ``model.safetensors``, as ``save_pretrained`` writes it),
+runs the same compiled kernels as ``tirex.load_model()`` on CPU (``tirex.kernel_forward``: the same calls in
+the same order) with the same validation (``tirex.validation``), batching (``tirex.inputs``) and output rules
+(``tirex.outputs``), and returns the same bits as ``tirex.load_model(...).forecast(...)`` with the compiled
+kernels (tested). What it leaves to the torch package: GPUs, the fast mode, tables and GluonTS datasets,
+streams, embeddings, fine-tuning, Hub downloads and the published ``model.ckpt`` (a torch pickle: convert it
+once with ``tirex.load_model(path).save_pretrained(folder)``).
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ from .kernel_forward import (RMS_NORM_EPS, BlockOperands, KernelForward, LinearO
 from .outputs import finish, finish_batch
 from .validation import (check_max_masked_fraction, check_positive_int, check_prediction_length,
                          check_quantile_levels, to_series_arrays)
+
 
 def load_model(source: str | os.PathLike | None = None, threads: int | None = None) -> "LiteModel":
     """A model for torch-free forecasting.
