@@ -69,11 +69,11 @@ def _assert_same(got, expected):
 
 
 @compiled
-@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items())[:40])
-def test_the_bundled_model_gives_the_torch_forecasts_bit_for_bit(settings):
+@pytest.mark.parametrize("kwargs", SETTINGS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items())[:40])
+def test_the_bundled_model_gives_the_torch_forecasts_bit_for_bit(kwargs):
     series = _series()
-    got = lite.load_model().forecast(series, **settings)
-    _assert_same(got, tirex.load_model().forecast(series, **settings))
+    got = lite.load_model().forecast(series, **kwargs)
+    _assert_same(got, tirex.load_model().forecast(series, **kwargs))
 
 
 @compiled
@@ -85,8 +85,8 @@ def test_every_kernel_level_gives_the_torch_forecasts(tmp_path, recurrence, leve
     series = _series(1)[:6]
     ours = lite.load_model(folder)
     dispatch = cpu_kernel.select(level, emulate=emulated)
-    for settings in (dict(prediction_length=40), dict(prediction_length=300, batch_size=2)):
-        got, expected = ours.forecast(series, **settings), model.forecast(series, **settings)
+    for kwargs in (dict(prediction_length=40), dict(prediction_length=300, batch_size=2)):
+        got, expected = ours.forecast(series, **kwargs), model.forecast(series, **kwargs)
         if dispatch.matmuls == "compiled":
             _assert_same(got, expected)
         else:  # a level without an FMA instruction: the torch package multiplies with torch's matmuls there
@@ -187,15 +187,15 @@ def test_bad_input_gets_the_same_error_as_from_the_torch_package(context):
     assert str(lite_error.value) == str(torch_error.value)
 
 
-@pytest.mark.parametrize("settings", [dict(prediction_length=0), dict(prediction_length=2.5),
+@pytest.mark.parametrize("kwargs", [dict(prediction_length=0), dict(prediction_length=2.5),
                                       dict(prediction_length=8, quantile_levels=[0.5, 1.2]),
                                       dict(prediction_length=8, batch_size=0),
                                       dict(prediction_length=8, max_masked_fraction=2.0)])
-def test_bad_settings_get_the_same_error_as_from_the_torch_package(settings):
+def test_bad_settings_get_the_same_error_as_from_the_torch_package(kwargs):
     with pytest.raises((ValueError, TypeError)) as torch_error:
-        tirex.load_model().forecast([1.0, 2.0, 3.0], **settings)
+        tirex.load_model().forecast([1.0, 2.0, 3.0], **kwargs)
     with pytest.raises(type(torch_error.value)) as lite_error:
-        lite.load_model().forecast([1.0, 2.0, 3.0], **settings)
+        lite.load_model().forecast([1.0, 2.0, 3.0], **kwargs)
     assert str(lite_error.value) == str(torch_error.value)
 
 

@@ -463,7 +463,7 @@ def test_inference_stores_linear_weights_column_major_without_changing_anything_
 
 @pytest.mark.parametrize("runtime", ["torch", "lite"])
 def test_repeated_small_forecasts_do_not_fault_their_memory_in_again(runtime):
-    """The allocator keeps a small forecast's freed temporaries (``inference.HEAP_KEPT``): with glibc returning
+    """The allocator keeps a small forecast's freed temporaries (``kernel_forward.HEAP_KEPT``): with glibc returning
     them to the OS every batch-1 forecast of the bundled model took ~560 page faults to get them back."""
     import platform
     import subprocess

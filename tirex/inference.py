@@ -29,9 +29,8 @@ from torch import nn
 
 from . import cpu_kernel
 from .cpus import capped_threads
-from .kernel_forward import (  # noqa: F401 - HEAP_KEPT re-exported
-    GEMM_ACCUMULATE, GEMM_STORE, GEMM_STORE_BF16, GEMM_SWIGLU, HEAP_KEPT, ROWS_PER_CHUNK, residual_gemms,
-    return_large_blocks_to_the_os)
+from .kernel_forward import (GEMM_ACCUMULATE, GEMM_STORE, GEMM_STORE_BF16, GEMM_SWIGLU, ROWS_PER_CHUNK,
+                             residual_gemms, return_large_blocks_to_the_os)
 from .layers import PLAIN_LINEAR, GatedFeedForward, ResidualBlock, RMSNorm
 
 
