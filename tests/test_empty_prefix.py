@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tirex import cpu_kernel
-from tirex.forecast import plan_batches
-from tirex.model import empty_prefix_length
+from tirex.inputs import plan_batches
+from tirex.rollout import empty_prefix_length
 from tirex.scaling import fit_scale, patch_tokens, window
 
 from conftest import run_at_once

@@ -305,7 +305,7 @@ def test_fast_mode_is_skipped_with_a_warning_without_native_bfloat16(monkeypatch
 def test_stacked_rollout_passes_equal_sequential_passes(monkeypatch):
     """Passes that read no prediction run as one stacked batch; results match one pass at a time."""
     import tirex.inputs as inputs_module
-    from tirex.inputs import independent_passes
+    from tirex.rollout import independent_passes
 
     model = _small_model()
     model.set_recurrence_dtype("float32")

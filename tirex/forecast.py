@@ -22,20 +22,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
-from .inputs import long_run_progress, pad_batch, plan_batches, power_of_two_scale
-from .outputs import finish, finish_batch
-from .validation import (
-    check_max_masked_fraction,
-    check_output_type,
-    check_positive_int,
-    check_prediction_length,
-    check_quantile_levels,
-    to_series_list,
-)
+from .rollout import forecast_batches
+from .validation import check_output_type, check_run, to_series_list
 
 if TYPE_CHECKING:
     from .model import TiRexModel
-
 
 
 def _is_dataframe(obj) -> bool:
@@ -69,54 +60,15 @@ def forecast_tensors(
     Returns quantiles (n, H, levels), monotone in the level, and the median (n, H); float32, or float64
     when a value does not fit float32 (see the module docstring).
     """
-    cfg = model.config
     device = next(model.parameters()).device
-    order, bounds = plan_batches(series, cfg.context_length, cfg.patch_size, batch_size,
-                                 early_cuts=device.type == "cpu")
-    bar = long_run_progress(prediction_length, cfg.patch_size, cfg.context_length, rollout_steps, len(bounds), progress)
-    # series of similar length go together: a batch's shared empty (padded) start is skipped
-    ordered = [series[i] for i in order]
-    quantiles, means = [], []
-    try:
-        for start, end in bounds:
-            chunk = ordered[start:end]
-            factors = [power_of_two_scale(s) for s in chunk]
-            # only the last window matters; longer history is dropped before padding (saves memory)
-            ctx = pad_batch([s[-cfg.context_length :] / f for s, f in zip(chunk, factors)]).to(device)
-            q = model.rollout(ctx, prediction_length, rollout_steps, max_masked_fraction,
-                              on_patches=bar.update if bar is not None else None)
-            q, mean = finish_batch(q.cpu().numpy(), cfg.quantile_levels, quantile_levels, cfg.median_index,
-                                   np.array(factors), chunk if keep_sign else None)
-            quantiles.append(q)
-            means.append(mean)
-    finally:
-        if bar is not None:
-            bar.close()
-    quantiles, means = finish(quantiles, means, order, series)
+
+    def rollout_batch(context, *args):
+        return model.rollout(torch.from_numpy(context).to(device), *args).cpu().numpy()
+
+    quantiles, means = forecast_batches(series, model.config, rollout_batch, prediction_length, quantile_levels,
+                                        batch_size, rollout_steps, max_masked_fraction, progress, keep_sign,
+                                        early_cuts=device.type == "cpu")
     return torch.from_numpy(quantiles), torch.from_numpy(means)
-
-
-def check_run(
-    model: "TiRexModel",
-    prediction_length: Any,
-    quantile_levels: Any = None,
-    batch_size: Any = 256,
-    rollout_steps: Any = 1,
-    max_masked_fraction: Any = 0.5,
-    progress: bool | None = None,
-    keep_sign: bool = False,
-) -> dict:
-    """Validate the settings of a forecast; returns the keyword arguments of ``forecast_tensors``."""
-    levels = quantile_levels if quantile_levels is not None else model.config.quantile_levels
-    return dict(
-        prediction_length=check_prediction_length(prediction_length),
-        quantile_levels=check_quantile_levels(levels),
-        batch_size=check_positive_int(batch_size, "batch_size"),
-        rollout_steps=check_positive_int(rollout_steps, "rollout_steps"),
-        max_masked_fraction=check_max_masked_fraction(max_masked_fraction),
-        progress=None if progress is None else bool(progress),
-        keep_sign=bool(keep_sign),
-    )
 
 
 def forecast(

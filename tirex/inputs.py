@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FIXED_COST_WINDOWS", "LONG_ROLLOUT_PASSES", "MIN_EARLY_CUT", "STACKED_ROWS", "as_numpy",
-    "check_prediction_length", "independent_passes", "long_run_progress", "pad_batch", "pad_rows", "plan_batches",
+    "check_prediction_length", "long_run_progress", "pad_batch", "pad_rows", "plan_batches",
     "power_of_two_scale", "to_series_list"
 ]
 
@@ -81,7 +81,7 @@ MIN_EARLY_CUT = 16  # series in a batch before plan_batches may end it early
 
 def plan_batches(series: list[torch.Tensor], context_length: int, patch_size: int, batch_size: int,
                  early_cuts: bool = True) -> tuple[list[int], list[tuple[int, int]]]:
-    """The forward batches of ``forecast_tensors``: an order of ``series`` and ``(start, end)`` bounds in it.
+    """The forward batches of ``tirex.rollout.forecast_batches``: an order of ``series`` and ``(start, end)`` bounds in it.
 
     A batch's leading tokens that are empty in every series are skipped (``TiRexModel.empty_prefix_states``),
     so a batch costs its rows times the tokens of its longest series. Series are ordered by the tokens of the
@@ -135,24 +135,3 @@ def long_run_progress(prediction_length: int, patch_size: int, context_length: i
 
     return tqdm(total=batches * patches, desc="forecast", unit="patch", file=sys.stderr)
 
-
-def independent_passes(done: int, k: int, total: int, rollout_steps: int, keep_masked: int | None,
-                       batch: int) -> list[int]:
-    """Starts of the rollout passes (``TiRexModel.rollout``, ``tirex.lite``) that can run as one stacked batch,
-    beginning at ``done``.
-
-    A pass reads no earlier prediction while it fills none in (start <= keep_masked): its input is the history
-    plus NaN. Such passes with the same patch count are stacked along the batch (one forward instead of several;
-    up to ``STACKED_ROWS`` rows), which changes no result.
-    """
-    starts = [done]
-    while True:
-        nxt = starts[-1] + k
-        if nxt >= total or min(total - nxt, rollout_steps) != k:
-            break
-        if keep_masked is not None and nxt > keep_masked:
-            break
-        if (len(starts) + 1) * batch > max(batch, STACKED_ROWS):
-            break
-        starts.append(nxt)
-    return starts

@@ -7,8 +7,8 @@
 ``import torch`` alone takes about 220 MB of resident memory; this runtime never imports it. It reads a model
 in tirex's format (a folder with ``config.json`` and ``model.safetensors``, as ``save_pretrained`` writes it),
 runs the same compiled kernels as ``tirex.load_model()`` on CPU (``tirex.kernel_forward``: the same calls in
-the same order) with the same validation (``tirex.validation``), batching (``tirex.inputs``) and output rules
-(``tirex.outputs``), and returns the same bits as ``tirex.load_model(...).forecast(...)`` with the compiled
+the same order) with the same validation (``tirex.validation``) and the same forecast loop (``tirex.rollout``:
+batching, rollout, output rules), and returns the same bits as ``tirex.load_model(...).forecast(...)`` with the compiled
 kernels (tested). What it leaves to the torch package: GPUs, the fast mode, tables and GluonTS datasets,
 streams, embeddings, fine-tuning, Hub downloads and the published ``model.ckpt`` (a torch pickle: convert it
 once with ``tirex.load_model(path).save_pretrained(folder)``).
@@ -29,12 +29,10 @@ import numpy as np
 from . import cpu_kernel
 from .config import CONFIG_NAME, OFFICIAL_CKPT_NAME, WEIGHTS_NAME, CheckpointError, ModelConfig, bundled_model_dir
 from .cpus import capped_threads, cpu_budget
-from .inputs import independent_passes, long_run_progress, pad_rows, plan_batches, power_of_two_scale
 from .kernel_forward import (RMS_NORM_EPS, BlockOperands, KernelForward, LinearOperand, ResidualOperands, bf16_pairs,
                              pairs_block, return_large_blocks_to_the_os, round_bf16)
-from .outputs import finish, finish_batch
-from .validation import (check_max_masked_fraction, check_positive_int, check_prediction_length,
-                         check_quantile_levels, to_series_arrays)
+from .rollout import ArrayOps, forecast_batches, rollout, shared_empty_lead
+from .validation import check_positive_int, check_run, to_series_arrays
 
 
 def load_model(source: str | os.PathLike | None = None, threads: int | None = None) -> "LiteModel":
@@ -319,46 +317,10 @@ class LiteModel:
         if num_patches > 1:
             tokens = np.concatenate([tokens, np.zeros((tokens.shape[0], num_patches - 1, self.width), np.float32)],
                                     axis=1)
-        has_data = (tokens != 0).any(axis=2).any(axis=0)
-        lead = min(int(has_data.argmax()) if has_data.any() else tokens.shape[1], tokens.shape[1] - num_patches)
+        lead = shared_empty_lead(tokens, keep=num_patches)
         states = self._empty_prefix_states(run, lead) if lead > 0 else None
         out, _ = self._forward(run, tokens[:, lead:], states, num_patches)
         return out * scale.reshape(-1, 1, 1, 1) + loc.reshape(-1, 1, 1, 1)
-
-    def _rollout(self, run: tuple[Any, KernelForward], context: np.ndarray, prediction_length: int, rollout_steps: int,
-                 max_masked_fraction: float | None, on_patches=None) -> np.ndarray:
-        """``TiRexModel.rollout``: (batch, prediction_length, Q) float32 from (batch, time) float32 (the same steps
-        on numpy arrays; tests/test_lite.py holds the two to the same bits)."""
-        c = self.config
-        p = c.patch_size
-        total = math.ceil(prediction_length / p)
-        keep_masked = None if max_masked_fraction is None else max(1, int(c.num_tokens * max_masked_fraction))
-        history = context[:, -c.context_length:]
-        batch = history.shape[0]
-        medians: list[np.ndarray] = []
-        pieces = []
-        done = 0
-        while done < total:
-            k = min(total - done, rollout_steps)
-            starts = independent_passes(done, k, total, rollout_steps, keep_masked, batch)
-            filled = 0 if keep_masked is None else max(0, done - keep_masked)
-            knowns = []
-            for start in starts:
-                nan_future = np.full((batch, (start - filled) * p), np.nan, np.float32)
-                recent = medians[max(0, filled - c.num_tokens):filled]
-                known = np.concatenate([history, *recent, nan_future], axis=1)
-                knowns.append(window(known, c.context_length) if len(starts) > 1 else known)
-            out = self._predict_patches(run, np.concatenate(knowns), k)
-            for j in range(len(starts)):
-                part = out[j * batch:(j + 1) * batch]
-                pieces.append(part)
-                medians.extend(part[:, i, c.median_index] for i in range(k))
-            done = starts[-1] + k
-            if on_patches is not None:
-                on_patches(k * len(starts))
-        q = np.concatenate(pieces, axis=1)  # (batch, total, Q, P)
-        q = q.transpose(0, 1, 3, 2).reshape(batch, total * p, -1)
-        return q[:, :prediction_length]
 
     # -- the public API -----------------------------------------------------------------------------------------
     def forecast(self, context: Any, prediction_length: int, quantile_levels: Sequence[float] | None = None,
@@ -371,34 +333,16 @@ class LiteModel:
         if type(context).__name__ in ("DataFrame", "Series") and hasattr(context, "index"):
             raise TypeError(f"tirex.lite takes arrays and lists of series, not a pandas {type(context).__name__}; pass "
                             "its values (e.g. df.to_numpy()), or use tirex.load_model for tables with timestamps")
-        c = self.config
-        prediction_length = check_prediction_length(prediction_length)
-        levels = check_quantile_levels(c.quantile_levels if quantile_levels is None else quantile_levels)
-        batch_size = check_positive_int(batch_size, "batch_size")
-        rollout_steps = check_positive_int(rollout_steps, "rollout_steps")
-        max_masked_fraction = check_max_masked_fraction(max_masked_fraction)
+        settings = check_run(self, prediction_length, quantile_levels, batch_size, rollout_steps, max_masked_fraction,
+                             progress, keep_sign)
         series = to_series_arrays(context)
         run = self._prepared()
-        order, bounds = plan_batches(series, c.context_length, c.patch_size, batch_size)
-        ordered = [series[i] for i in order]
-        bar = long_run_progress(prediction_length, c.patch_size, c.context_length, rollout_steps, len(bounds),
-                                progress)
-        quantiles, means = [], []
-        try:
-            for start, end in bounds:
-                chunk = ordered[start:end]
-                factors = [power_of_two_scale(s) for s in chunk]
-                ctx = pad_rows([s[-c.context_length:] / f for s, f in zip(chunk, factors)])
-                q = self._rollout(run, ctx, prediction_length, rollout_steps, max_masked_fraction,
-                                  on_patches=bar.update if bar is not None else None)
-                q, mean = finish_batch(q, c.quantile_levels, levels, c.median_index, np.array(factors),
-                                       chunk if keep_sign else None)
-                quantiles.append(q)
-                means.append(mean)
-        finally:
-            if bar is not None:
-                bar.close()
-        return finish(quantiles, means, order, series)
+
+        def rollout_batch(context, prediction_length, rollout_steps, max_masked_fraction, on_patches):
+            return rollout(context, prediction_length, rollout_steps, max_masked_fraction, self.config,
+                           lambda x, k: self._predict_patches(run, x, k), _NUMPY, on_patches)
+
+        return forecast_batches(series, self.config, rollout_batch, **settings)
 
 
 # -- a raw context as the model sees it (tirex.scaling, in numpy: the same operations, the same bits) --------
@@ -421,6 +365,10 @@ def fit_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scale = np.nan_to_num(np.sqrt(sq).astype(np.float32), nan=1.0)
     scale = np.where(scale == 0, np.abs(loc) + np.float32(1e-5), scale).astype(np.float32)
     return loc, scale
+
+
+_NUMPY = ArrayOps(cat=lambda parts, axis: np.concatenate(parts, axis=axis),
+                  nans=lambda rows, cols: np.full((rows, cols), np.nan, np.float32), window=window)
 
 
 def patch_tokens(x: np.ndarray, patch_size: int) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
@@ -12,8 +11,9 @@ from torch import nn
 from .config import ModelConfig
 from . import cpu_forward, inference
 from .backends import check_backend
-from .inputs import FIXED_COST_WINDOWS, independent_passes
+from .inputs import FIXED_COST_WINDOWS
 from .layers import ResidualBlock, RMSNorm
+from .rollout import ArrayOps, rollout, shared_empty_lead
 from .scaling import fit_scale, patch_tokens, window
 from .slstm import SLSTMBlock, SLSTMState
 from .validation import check_float32_model, check_tokens
@@ -26,19 +26,6 @@ def forward_fixed_rows(config: ModelConfig) -> int:
     """A forward's fixed cost in token rows (``FIXED_COST_WINDOWS`` full windows): what a batch plan or the
     shared empty start weighs an extra forward against."""
     return FIXED_COST_WINDOWS * config.num_tokens
-
-
-def empty_prefix_length(tokens: torch.Tensor) -> int:
-    """How many leading tokens of (batch, tokens, 2 * patch) are empty (all zero: no data) in every series."""
-    has_data = tokens.ne(0).any(dim=2).any(dim=0)  # (tokens,)
-    if not bool(has_data.any()):
-        return tokens.shape[1]
-    return int(has_data.int().argmax())
-
-
-def _shared_empty_lead(tokens: torch.Tensor, keep: int) -> int:
-    """The leading tokens empty in every series that a forward can skip, keeping at least the last ``keep``."""
-    return min(empty_prefix_length(tokens), tokens.shape[1] - keep)
 
 
 class TiRexModel(nn.Module):
@@ -155,7 +142,7 @@ class TiRexModel(nn.Module):
         if num_patches > 1:
             empty = tokens.new_zeros(tokens.shape[0], num_patches - 1, tokens.shape[2])
             tokens = torch.cat([tokens, empty], dim=1)
-        lead = _shared_empty_lead(tokens, keep=num_patches)
+        lead = shared_empty_lead(tokens, keep=num_patches)
         known = self._prefix_known() if lead > 0 else {}
         batch = tokens.shape[0]
         if lead > 0 and lead not in known and (batch - 1) * lead <= lead + forward_fixed_rows(cfg):
@@ -173,7 +160,7 @@ class TiRexModel(nn.Module):
         """(tokens after the leading ones that are empty in every series, the states after those) for a fresh
         forward: left padding of short series and missing starts take every series through the same states,
         computed once (``empty_prefix_states``). At least the last ``keep`` tokens are kept."""
-        lead = _shared_empty_lead(tokens, keep)
+        lead = shared_empty_lead(tokens, keep)
         if lead <= 0:
             return tokens, None
         return tokens[:, lead:], self.empty_prefix_states(lead, tokens.shape[0])
@@ -247,36 +234,11 @@ class TiRexModel(nn.Module):
         Returns:
             (batch, prediction_length, quantiles) float32, as the model predicts them (not sorted).
         """
-        cfg = self.config
-        p = cfg.patch_size
-        total = math.ceil(prediction_length / p)
-        keep_masked = None if max_masked_fraction is None else max(1, int(cfg.num_tokens * max_masked_fraction))
-        history = context.float()[:, -cfg.context_length :]  # a pass never reads further back than its window
-        batch = history.shape[0]
-        medians: list[torch.Tensor] = []  # (batch, patch_size) per predicted patch
-        pieces = []
-        done = 0
-        while done < total:
-            k = min(total - done, rollout_steps)
-            starts = independent_passes(done, k, total, rollout_steps, keep_masked, batch)
-            filled = 0 if keep_masked is None else max(0, done - keep_masked)
-            knowns = []
-            for start in starts:  # only the first pass can fill in predictions (filled > 0)
-                nan_future = history.new_full((batch, (start - filled) * p), float("nan"))
-                # the window's worth of filled-in medians at most: the pass's cost does not grow with the horizon
-                recent = medians[max(0, filled - cfg.num_tokens) : filled]
-                known = torch.cat([history, *recent, nan_future], dim=1)
-                knowns.append(window(known, cfg.context_length) if len(starts) > 1 else known)
-            out = self.predict_patches(torch.cat(knowns), k)  # (passes * batch, k, Q, P)
-            for part in out.split(batch):
-                pieces.append(part)
-                medians.extend(part[:, j, cfg.median_index] for j in range(k))
-            done = starts[-1] + k
-            if on_patches is not None:
-                on_patches(k * len(starts))
-        quantiles = torch.cat(pieces, dim=1)  # (batch, total, Q, P)
-        quantiles = quantiles.permute(0, 1, 3, 2).reshape(context.shape[0], total * p, -1)
-        return quantiles[:, :prediction_length]
+        ops = ArrayOps(cat=lambda parts, axis: torch.cat(parts, dim=axis),
+                       nans=lambda rows, cols: context.new_full((rows, cols), float("nan"), dtype=torch.float32),
+                       window=window)
+        return rollout(context.float(), prediction_length, rollout_steps, max_masked_fraction, self.config,
+                       self.predict_patches, ops, on_patches)
 
     # -- public API -------------------------------------------------------------------------------
     def forecast(
@@ -309,7 +271,7 @@ class TiRexModel(nn.Module):
             quantile_levels: levels in (0, 1); default the model's (0.1 ... 0.9). Others are
                 interpolated between, and extrapolated beyond, the model's levels.
             batch_size: at most this many series per forward pass (series of similar length go
-                together: ``tirex.forecast.plan_batches``). Results do not depend on it.
+                together: ``tirex.inputs.plan_batches``). Results do not depend on it.
             rollout_steps: patches predicted per pass (the reference's ``max_accelerated_rollout_steps``).
             max_masked_fraction: cap on the share of the window left as masked future; None = reference.
             output_type: "torch" or "numpy" for array inputs (default: numpy for numpy input, else torch).

@@ -194,6 +194,30 @@ def check_device(device: Any) -> torch.device | None:
     return dev
 
 
+def check_run(
+    model: Any,
+    prediction_length: Any,
+    quantile_levels: Any = None,
+    batch_size: Any = 256,
+    rollout_steps: Any = 1,
+    max_masked_fraction: Any = 0.5,
+    progress: bool | None = None,
+    keep_sign: bool = False,
+) -> dict:
+    """Validate the settings of a forecast of ``model`` (anything with a ``config``: ``TiRexModel``,
+    ``tirex.lite.LiteModel``); returns the keyword arguments of ``tirex.rollout.forecast_batches``."""
+    levels = quantile_levels if quantile_levels is not None else model.config.quantile_levels
+    return dict(
+        prediction_length=check_prediction_length(prediction_length),
+        quantile_levels=check_quantile_levels(levels),
+        batch_size=check_positive_int(batch_size, "batch_size"),
+        rollout_steps=check_positive_int(rollout_steps, "rollout_steps"),
+        max_masked_fraction=check_max_masked_fraction(max_masked_fraction),
+        progress=None if progress is None else bool(progress),
+        keep_sign=bool(keep_sign),
+    )
+
+
 # ------------------------------------------------------------------------------------------- array data
 def _is_missing(value: Any) -> bool:
     return value is None or (type(value).__name__ in ("NAType", "NaTType"))

@@ -2,7 +2,7 @@
 
 Every value check here is the package's own: ``tirex.inputs.to_series_list`` for the reference form,
 ``tirex.frames.long_series`` for the rich form (the path ``model.forecast`` takes for a long
-DataFrame), ``tirex.forecast.check_run`` for the options. This module only adds the server's limits
+DataFrame), ``tirex.validation.check_run`` for the options. This module only adds the server's limits
 and says which field of the request an error belongs to.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..forecast import check_run
+from ..validation import check_run
 from ..frames import LongSeries, level_name, long_series
 from ..inputs import check_prediction_length, to_series_list
 from .schemas import ForecastRequest

@@ -3,7 +3,7 @@
 The models fix the JSON shape only: which fields exist, their JSON types, and that a number is a
 finite number (JSON has no NaN or infinity: a missing value is ``null``). What the values mean
 (empty series, horizons, quantile levels, timestamps) is checked by the package's own input layer
-(``tirex.inputs``, ``tirex.forecast.check_run``, ``tirex.frames``), as for every other entry point.
+(``tirex.inputs``, ``tirex.validation.check_run``, ``tirex.frames``), as for every other entry point.
 """
 
 from __future__ import annotations
